@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:  make run  (serve on :8000)  and  make test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+
+.PHONY: run test test-fast install install-dev system-deps bench vendor lint clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## Serve in the foreground on http://127.0.0.1:$(PORT) (SQLite, in-process broker by default).
+run: install
+	$(BIN)/flask --app webapp init-db
+	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+## Install what the tests need (Python packages, redis-server, Chromium) and run them all.
+test: install-dev system-deps
+	$(BIN)/python -m pytest
+
+## The fast layer only: no servers, no browser.
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not live and not browser"
+
+system-deps:
+	scripts/system-deps.sh
+
+## The benchmark: boots gunicorn + Redis, prints a table, writes bench/results/.
+bench: install-dev system-deps
+	$(BIN)/python -m bench.run
+
+## Refresh the vendored htmx files from the npm registry.
+vendor:
+	scripts/vendor-frontend.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

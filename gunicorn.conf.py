@@ -1,0 +1,53 @@
+"""Every gunicorn setting of the server, read by the Procfile's ``web:`` line.
+
+Configuration comes from the environment (see README): PORT, WEB_CONCURRENCY,
+REDIS_URL, LOG_LEVEL. The webapp package is imported only inside the worker (after
+gevent has patched it), never here at the top.
+"""
+
+import multiprocessing
+import os
+import sys
+
+port = os.environ.get("PORT", "8000")
+redis_url = os.environ.get("REDIS_URL", "")
+default_workers = multiprocessing.cpu_count() if redis_url else 1
+workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers)
+if workers > 1 and not redis_url:
+    sys.exit(
+        f"WEB_CONCURRENCY={workers} needs REDIS_URL: the in-process broker only reaches the "
+        "sockets of its own process. Set REDIS_URL, or run with WEB_CONCURRENCY=1."
+    )
+
+bind = [f"0.0.0.0:{port}"]
+worker_class = "gevent"
+# Every open WebSocket or event stream holds one of these: allow many.
+worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
+# Streams and sockets are closed with 1012 as soon as a stop begins (see
+# post_worker_init); this bounds how long stragglers may hold a restart.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+timeout = 30
+keepalive = 5
+# gunicorn 27 binds a control socket under $HOME by default: two servers on one
+# machine would clash, and nothing here uses it.
+control_socket_disable = True
+accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in ("1", "true", "yes") else None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+proc_name = "chat"
+
+
+def post_worker_init(worker):
+    """Watch for the worker being asked to stop, and close every socket with 1012 at
+    once (clients reconnect to a live worker) instead of waiting out graceful_timeout."""
+    import gevent
+
+    def drain_when_stopping():
+        while worker.alive:
+            gevent.sleep(0.25)
+        realtime = worker.wsgi.extensions.get("chat.realtime")
+        if realtime is not None:
+            realtime.drain()
+
+    gevent.spawn(drain_when_stopping)

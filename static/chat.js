@@ -1,0 +1,269 @@
+// The chat page's behaviour on top of htmx. Everything here is an enhancement: with
+// JavaScript off the form posts and the page reloads. No HTML is built here from user
+// text; rows always come rendered (and escaped) by the server.
+(function () {
+  "use strict";
+
+  const FALLBACK_FAILURES = 2; // failed or instantly closed sockets ...
+  const FALLBACK_WINDOW = 15000; // ... within this many ms switch to the event stream
+  const FIRST_OPEN_TIMEOUT = 6000; // a socket that never opens counts as a failure
+  const STABLE_AFTER = 3000; // a socket open this long is a working socket
+  const NEAR_BOTTOM = 80; // px: closer than this to the end keeps following new messages
+
+  const $ = (id) => document.getElementById(id);
+
+  // -- where the transcript stands --------------------------------------------------
+
+  function lastId() {
+    const rows = document.querySelectorAll('#chat [id^="message-"]');
+    if (rows.length) return Number(rows[rows.length - 1].id.slice("message-".length));
+    const chat = $("chat");
+    return chat ? Number(chat.dataset.lastId || 0) : 0;
+  }
+
+  function withLastId(url) {
+    const u = new URL(url, location.href);
+    u.searchParams.set("last_id", String(lastId()));
+    return u.toString();
+  }
+
+  // Every (re)connection resumes after the newest row shown: the server replays what
+  // was missed, so nothing is lost and nothing doubled.
+  if (window.htmx) {
+    htmx.createWebSocket = function (url) {
+      const socket = new WebSocket(withLastId(url));
+      socket.binaryType = htmx.config.wsBinaryType;
+      return socket;
+    };
+    htmx.createEventSource = function (url) {
+      return new EventSource(withLastId(url), { withCredentials: true });
+    };
+  }
+
+  // -- status ----------------------------------------------------------------------
+
+  const STATUS_TEXT = {
+    connecting: "connecting…",
+    live: "live",
+    reconnecting: "reconnecting…",
+    fallback: "live (event stream)",
+    offline: "offline",
+  };
+
+  function setStatus(state) {
+    const status = $("status");
+    if (!status) return;
+    status.dataset.state = state;
+    status.textContent = STATUS_TEXT[state] || state;
+  }
+
+  // -- rows: local times, own messages, no duplicates, follow the newest -------------
+
+  const sameDay = (a, b) => a.toDateString() === b.toDateString();
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  const dateTimeFormat = new Intl.DateTimeFormat(undefined, {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+  });
+
+  function localizeTime(el) {
+    const when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when)) return;
+    el.textContent = (sameDay(when, new Date()) ? timeFormat : dateTimeFormat).format(when);
+    el.title = when.toLocaleString();
+  }
+
+  function markMine(row) {
+    const handle = $("handle");
+    const mine = !!handle && handle.value.trim() !== "" && row.dataset.handle === handle.value.trim();
+    row.classList.toggle("mine", mine);
+  }
+
+  function prepareRow(row) {
+    if (!row.id || !row.id.startsWith("message-")) return;
+    const twin = document.querySelectorAll("#" + CSS.escape(row.id));
+    if (twin.length > 1 && twin[0] !== row) {
+      row.remove(); // already shown (two paths overlapped while switching)
+      return;
+    }
+    row.querySelectorAll("time[datetime]").forEach(localizeTime);
+    markMine(row);
+  }
+
+  function setUpTranscript() {
+    const chat = $("chat");
+    if (!chat) return;
+    let follow = true;
+    const nearBottom = () => chat.scrollHeight - chat.scrollTop - chat.clientHeight < NEAR_BOTTOM;
+    const toBottom = () => { chat.scrollTop = chat.scrollHeight; };
+    chat.addEventListener("scroll", () => { follow = nearBottom(); }, { passive: true });
+    chat.querySelectorAll(".msg").forEach(prepareRow);
+    new MutationObserver((mutations) => {
+      for (const mutation of mutations) {
+        mutation.addedNodes.forEach((node) => {
+          if (node.nodeType === 1) prepareRow(node);
+        });
+      }
+      const empty = $("empty-room");
+      if (empty && chat.querySelector(".msg")) empty.remove();
+      if (follow) toBottom();
+    }).observe(chat, { childList: true });
+    toBottom();
+    document.querySelectorAll("time[datetime]").forEach(localizeTime);
+    const handle = $("handle");
+    if (handle) handle.addEventListener("change", () => chat.querySelectorAll(".msg").forEach(markMine));
+  }
+
+  // -- the composer ----------------------------------------------------------------
+
+  let lastSent = "";
+
+  function clearComposer() {
+    const box = $("message");
+    if (!box) return;
+    lastSent = box.value;
+    box.value = "";
+    autosize(box);
+    box.focus();
+  }
+
+  function autosize(box) {
+    box.style.height = "auto";
+    box.style.height = Math.min(box.scrollHeight, 160) + "px";
+  }
+
+  function setUpComposer() {
+    const form = $("chatform");
+    const box = $("message");
+    if (!form || !box) return;
+    box.addEventListener("keydown", (event) => {
+      // Enter sends, Shift+Enter is a new line (not while an IME is composing).
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    box.addEventListener("input", () => autosize(box));
+    document.body.addEventListener("htmx:wsAfterSend", () => {
+      const error = $("chat-error");
+      if (error) error.textContent = "";
+      clearComposer();
+    });
+    // A refused message comes back as an error line: give the text back to edit.
+    document.body.addEventListener("htmx:oobAfterSwap", (event) => {
+      const target = event.detail && event.detail.target;
+      if (target && target.id === "chat-error" && target.textContent.trim() && !box.value) {
+        box.value = lastSent;
+        autosize(box);
+      }
+    });
+  }
+
+  // -- WebSocket, and the event stream where WebSockets are blocked ------------------
+  //
+  // The page chats over its WebSocket (htmx ws extension). When sockets fail twice
+  // within 15 s without working (refused by a proxy, or closed as soon as opened), or
+  // the first one does not open within 6 s, the page switches to the fallback: it
+  // receives over the event stream (resuming after its newest row) and sends with
+  // ordinary htmx POSTs. The WebSocket keeps retrying in the background; when one opens
+  // and stays open, the page switches back and closes the stream.
+
+  let mode = "socket";
+  let failures = [];
+  let openedAt = 0;
+  let stream = null;
+
+  function failure() {
+    const now = Date.now();
+    failures = failures.filter((t) => now - t < FALLBACK_WINDOW);
+    failures.push(now);
+    if (failures.length >= FALLBACK_FAILURES) useStream();
+  }
+
+  function useStream() {
+    const room = $("room");
+    if (mode === "stream" || !room) return;
+    mode = "stream";
+    setStatus("fallback");
+    openStream(room.dataset.events);
+  }
+
+  function openStream(url) {
+    if (stream) stream.close();
+    stream = new EventSource(withLastId(url));
+    stream.addEventListener("message", (event) => {
+      htmx.swap($("chat"), event.data, { swapStyle: "beforeend" });
+    });
+    stream.addEventListener("reset", () => {
+      stream.close();
+      location.reload(); // more was missed than is replayed: start from the latest
+    });
+    stream.onopen = () => setStatus("fallback");
+    stream.onerror = () => {
+      if (stream.readyState === EventSource.CLOSED) {
+        setTimeout(() => { if (mode === "stream") openStream(url); }, 2000);
+      }
+    };
+  }
+
+  function useSocket() {
+    if (mode === "socket") return;
+    mode = "socket";
+    failures = [];
+    if (stream) { stream.close(); stream = null; }
+  }
+
+  function setUpConnection() {
+    const room = $("room");
+    if (!room || !room.hasAttribute("ws-connect")) return;
+    setStatus("connecting");
+    const neverOpened = setTimeout(() => { if (!openedAt) { failure(); failure(); } }, FIRST_OPEN_TIMEOUT);
+    let stableTimer = null;
+    document.body.addEventListener("htmx:wsOpen", () => {
+      openedAt = Date.now();
+      clearTimeout(neverOpened);
+      setStatus(mode === "stream" ? "fallback" : "live");
+      stableTimer = setTimeout(() => { failures = []; useSocket(); setStatus("live"); }, STABLE_AFTER);
+    });
+    document.body.addEventListener("htmx:wsClose", () => {
+      clearTimeout(stableTimer);
+      const lived = openedAt ? Date.now() - openedAt : 0;
+      openedAt = 0;
+      if (lived < STABLE_AFTER) failure();
+      if (mode === "socket") setStatus("reconnecting");
+    });
+    document.body.addEventListener("htmx:wsError", () => { if (!openedAt) failure(); });
+
+    // Sending while on the stream (or while the socket is down): an htmx POST.
+    const form = $("chatform");
+    document.addEventListener("submit", (event) => {
+      if (event.target !== form || mode === "socket") return;
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      htmx.ajax("POST", room.dataset.post, { source: form, target: "#chat-error", swap: "outerHTML" })
+        .then(() => {
+          const error = $("chat-error");
+          if (!error || !error.textContent.trim()) clearComposer();
+        });
+    }, true);
+  }
+
+  // -- the embed page -----------------------------------------------------------------
+
+  function setUpEmbed() {
+    if (!$("live")) return;
+    setStatus("connecting");
+    document.body.addEventListener("htmx:sseOpen", () => setStatus("live"));
+    document.body.addEventListener("htmx:sseError", () => setStatus("reconnecting"));
+    // After a reset the live part is replaced: watch the new transcript.
+    document.body.addEventListener("htmx:afterSwap", (event) => {
+      if (event.detail.target && event.detail.target.id === "live") setUpTranscript();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    setUpTranscript();
+    setUpComposer();
+    setUpConnection();
+    setUpEmbed();
+  });
+})();

@@ -1,0 +1,143 @@
+"""The one message path: every way of sending (both sockets, the form, the API) ends here.
+
+``send`` checks the sender's rate, validates, stores the message in one transaction (the
+database assigns the id that orders everything) and only then publishes it. A message
+that could not be stored is never published; one that was stored but could not be
+published is still delivered, by replay from the database.
+"""
+
+import re
+from dataclasses import dataclass
+
+from flask import current_app
+from peewee import IntegrityError
+
+from . import db, labels
+from .labels import is_valid_label
+from .models import Message, Room
+
+# Control characters (C0, DEL, C1): refused everywhere except newline and tab in messages.
+_CONTROL_IN_MESSAGE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_IN_HANDLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class BadInput(ValueError):
+    """Input the server refuses; ``str(exc)`` is a reason a person can read."""
+
+    status = 422
+
+
+class Malformed(BadInput):
+    """Input that is not even of the expected shape (not JSON, not an object, ...)."""
+
+    status = 400
+
+
+class RateLimited(BadInput):
+    status = 429
+
+
+def _text(value, field):
+    if not isinstance(value, str):
+        raise BadInput(f"{field} must be text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{field} is not valid Unicode text") from None
+    return value
+
+
+def clean_handle(value, limit):
+    """The handle trimmed, or BadInput."""
+    handle = _text(value, "handle").strip()
+    if not handle:
+        raise BadInput("handle is required")
+    if len(handle) > limit:
+        raise BadInput(f"handle is longer than {limit} characters")
+    if _CONTROL_IN_HANDLE.search(handle):
+        raise BadInput("handle must be one line without control characters")
+    return handle
+
+
+def clean_message(value, limit):
+    """The message (CRLF newlines made LF), or BadInput."""
+    text = _text(value, "message").replace("\r\n", "\n")
+    if not text.strip():
+        raise BadInput("message is empty")
+    if len(text) > limit:
+        raise BadInput(f"message is longer than {limit} characters")
+    if _CONTROL_IN_MESSAGE.search(text):
+        raise BadInput("message contains control characters (only newlines and tabs are allowed)")
+    return text
+
+
+def parse_fields(data):
+    """Check a JSON object holds exactly ``handle`` and ``message``; return them raw."""
+    if not isinstance(data, dict):
+        raise Malformed('expected a JSON object like {"handle": "...", "message": "..."}')
+    unknown = sorted(set(data) - {"handle", "message"})
+    if unknown:
+        raise Malformed("unexpected field(s): " + ", ".join(map(str, unknown))[:200])
+    missing = [name for name in ("handle", "message") if name not in data]
+    if missing:
+        raise Malformed("missing field(s): " + ", ".join(missing))
+    return data["handle"], data["message"]
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who is sending, for rate limits: the client address, and the socket if there is one."""
+
+    address: str
+    connection: str | None = None
+
+
+def send(room, handle, text, sender):
+    """Validate, store and publish one message; return the stored Message.
+
+    Raises RateLimited or BadInput (nothing stored), or db.StorageUnavailable.
+    """
+    config = current_app.config
+    throttle = current_app.extensions["chat.throttle"]
+    if not throttle.allow(sender.address, sender.connection):
+        rate = config["RATE_LIMIT"]
+        raise RateLimited(f"slow down: at most {rate.count} messages in {rate.seconds} seconds")
+    handle = clean_handle(handle, config["HANDLE_MAX"])
+    text = clean_message(text, config["MESSAGE_MAX"])
+    message, previous = db.write_transaction(Message.append, room.id, handle, text, db.is_postgres())
+    current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)
+    return message
+
+
+def find_room(label):
+    """The room with this label, or None (also for labels that cannot be rooms)."""
+    if not is_valid_label(label):
+        return None
+    with db.connection():
+        return Room.by_label(label)
+
+
+def _create_room(label):
+    return Room.by_label(label) or Room.create(label=label, name=label)
+
+
+def fresh_label():
+    """An unused, human-readable label for a new room."""
+    with db.connection():
+        while True:
+            label = labels.candidate()
+            if Room.by_label(label) is None:
+                return label
+
+
+def open_room(label):
+    """The room with this label, created if this is its first visit (as in the seed)."""
+    with db.connection():
+        room = Room.by_label(label)
+        if room is None:
+            try:
+                room = db.write_transaction(_create_room, label)
+            except IntegrityError:  # another worker created it a moment ago
+                room = Room.by_label(label)
+        return room
+

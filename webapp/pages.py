@@ -1,0 +1,91 @@
+"""The server-rendered pages: home, new room, the room, its form post and its embed.
+
+Every page works with JavaScript off; htmx only upgrades the room's form to a socket.
+"""
+
+import logging
+
+from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+
+from . import chat, db
+from .extensions import csrf
+from .models import Message, Room
+
+log = logging.getLogger(__name__)
+bp = Blueprint("pages", __name__)
+
+HOME_ROOMS = 20
+
+
+@bp.get("/")
+def index():
+    """The home page: create a room, or join one of the recently active ones."""
+    rooms = [room.as_dict() for room in Room.recently_active(HOME_ROOMS)]
+    return render_template("index.html", rooms=rooms)
+
+
+@bp.route("/new/", methods=["GET", "POST"])
+@csrf.exempt  # creates nothing: it only picks a free label and sends the browser there
+def new_room():
+    """Redirect to a fresh, unused, human-readable room label."""
+    label = chat.fresh_label()
+    response = redirect(url_for("pages.room", label=label), 303 if request.method == "POST" else 302)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _room_page(room, status=200, error=None, form=None):
+    config = current_app.config
+    messages = [m.as_dict(room.label) for m in Message.recent(room.id, config["HISTORY_SIZE"])]
+    page = render_template(
+        "room.html",
+        room=room,
+        messages=messages,
+        last_id=messages[-1]["id"] if messages else 0,
+        share_url=url_for("pages.room", label=room.label, _external=True),
+        embed_url=url_for("pages.embed", label=room.label, _external=True),
+        error=error,
+        form=form or {},
+        limits={"handle": config["HANDLE_MAX"], "message": config["MESSAGE_MAX"]},
+    )
+    return page, status
+
+
+@bp.get("/<label:label>/")
+def room(label):
+    """The room (created on first visit): the last messages, and the form to chat."""
+    return _room_page(chat.open_room(label))
+
+
+def _existing_room(label):
+    room = Room.by_label(label)
+    if room is None:
+        abort(404, description=f"There is no room {label!r}. Visit /{label}/ to create it.")
+    return room
+
+
+@bp.post("/<label:label>/messages")
+def post_message(label):
+    """The form's plain (no-JS) post, and the htmx post of the fallback mode."""
+    room = _existing_room(label)
+    form = {"handle": request.form.get("handle", ""), "message": request.form.get("message", "")}
+    htmx = "HX-Request" in request.headers
+    try:
+        chat.send(room, form["handle"], form["message"], chat.Sender(request.remote_addr))
+    except chat.BadInput as exc:
+        if htmx:
+            return render_template("_send_error.html", error=str(exc)), exc.status
+        return _room_page(room, exc.status, error=str(exc), form=form)
+    if htmx:
+        return "", 204
+    return redirect(url_for("pages.room", label=label), 303)
+
+
+@bp.get("/<label:label>/embed")
+def embed(label):
+    """A read-only transcript for an <iframe>: the last messages, then live ones."""
+    room = _existing_room(label)
+    messages = [m.as_dict(room.label) for m in Message.recent(room.id, current_app.config["HISTORY_SIZE"])]
+    return render_template(
+        "embed.html", room=room, messages=messages, last_id=messages[-1]["id"] if messages else 0
+    )

@@ -1,0 +1,213 @@
+"""Real-time delivery for one app in one worker process: hub + broker + their loops.
+
+* ``publish_message`` (called by ``chat.send`` after the commit) hands the message to
+  this worker's hub at once and to the broker for every other worker and server.
+* ``join`` registers a listener with the hub *first*, then replays what it missed from
+  the database, then lets the hub send what arrived meanwhile, skipping ids already
+  sent: no gap, no duplicate.
+* Catch-up: whenever the hub sees a gap (or the broker re-subscribes, or the periodic
+  sweep finds the database ahead of a room), the missing messages are read by id from
+  the database. Pub/sub is only the fast path.
+* ``keepalive`` pings idle sockets and cuts silent ones; ``drain`` closes everything
+  with 1012 when the worker is told to stop, so clients reconnect elsewhere.
+
+Loops start lazily, once per process (after gunicorn forks), on first use.
+"""
+
+import json
+import logging
+import os
+import time
+import uuid
+
+import gevent
+
+from . import db
+from .broker import make_broker
+from .hub import Hub
+from .models import Message, Room
+from .rendering import WireForms
+
+log = logging.getLogger(__name__)
+
+GAP_WAIT = 0.05  # a message that overtook another usually sees it arrive within this
+SWEEP_INTERVAL = 5.0
+KEEPALIVE_TICK = 1.0
+
+
+class Realtime:
+    def __init__(self, app, metrics=None):
+        self.app = app
+        self.config = app.config
+        self.forms = WireForms(app.jinja_env)
+        self.hub = Hub(self.forms.encode, self._request_catch_up)
+        self.broker = make_broker(app.config, on_state=self._on_broker_state)
+        self.origin = None
+        self.draining = False
+        self._pid = None
+        self._loops = []
+        self.stats = {"reconnects": 0, "replayed": 0, "resets": 0, "dropped": 0}
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self):
+        """Start this process's loops, once per process."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self.origin = uuid.uuid4().hex
+        self.draining = False
+        self.broker.start(self._on_broker_event, self._resync)
+        self._loops = [gevent.spawn(self._keepalive_forever), gevent.spawn(self._sweep_forever)]
+
+    def stop(self):
+        gevent.killall(self._loops, block=False)
+        self.broker.stop()
+        self._pid = None
+
+    def drain(self):
+        """The worker is stopping: close every socket with 1012 and end every stream."""
+        self.draining = True
+        listeners = list(self.hub.listeners())
+        log.info("draining %d connection(s): server restarting", len(listeners))
+        for listener in listeners:
+            listener.close(1012, "server restarting")
+
+    # -- sending --------------------------------------------------------------------
+
+    def publish_message(self, label, message, previous):
+        """A message was stored: deliver it here now, and everywhere else via the broker."""
+        self.start()
+        payload = message.as_dict(label)
+        self.hub.receive(label, message.id, previous, payload)
+        event = {"origin": self.origin, "kind": "message", "room": label, "prev": previous, "data": payload}
+        self.broker.publish(label, json.dumps(event).encode())
+
+    def _on_broker_event(self, raw):
+        try:
+            event = json.loads(raw)
+            if event["origin"] == self.origin:
+                return
+            if event["kind"] == "message":
+                data = event["data"]
+                self.hub.receive(event["room"], data["id"], event["prev"], data)
+            else:
+                self.hub.broadcast(event["room"], event["kind"], event["data"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed broker event: %.200r", raw)
+
+    # -- listening ------------------------------------------------------------------
+
+    def join(self, listener, room, after=None):
+        """Register ``listener`` for ``room``; with ``after``, first replay every stored
+        message with a greater id (at most REPLAY_MAX, else an explicit reset).
+
+        Raises db.StorageUnavailable if the replay cannot be read (the caller closes).
+        """
+        self.start()
+        self.hub.join(listener, room.label, room.id, room.last_message_id, after)
+        if after is None:
+            return
+        replay_max = self.config["REPLAY_MAX"]
+        with db.connection():
+            rows = Message.after(room.id, listener.sent_id, replay_max + 1)
+            recent = Message.recent(room.id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
+        if recent is not None:
+            latest = recent[-1].id
+            listener.write(self.forms.encode(listener.fmt, "reset", self._reset_payload(room.label, recent)))
+            listener.sent_id = latest
+            self.stats["resets"] += 1
+        else:
+            for row in rows:
+                listener.write(self.forms.encode(listener.fmt, "message", row.as_dict(room.label)))
+                listener.sent_id = row.id
+            self.stats["replayed"] += len(rows)
+        self.hub.finish_replay(listener)
+
+    def leave(self, listener):
+        self.hub.leave(listener)
+
+    @staticmethod
+    def _reset_payload(label, recent):
+        return {"latest": recent[-1].id, "recent": [m.as_dict(label) for m in recent]}
+
+    # -- catching up from the database -----------------------------------------------
+
+    def _request_catch_up(self, channel):
+        if not channel.catching_up:
+            channel.catching_up = True
+            gevent.spawn(self._catch_up, channel)
+
+    def _catch_up(self, channel):
+        """Read what ``channel`` misses (after a short wait for stragglers) and deliver it."""
+        try:
+            gevent.sleep(GAP_WAIT)
+            if self.hub.channels.get(channel.label) is not channel:
+                return
+            if not channel.pending and channel.known_latest <= channel.last_id:
+                return
+            replay_max = self.config["REPLAY_MAX"]
+            with self.app.app_context(), db.connection():
+                rows = Message.after(channel.room_id, channel.last_id, replay_max + 1)
+                recent = Message.recent(channel.room_id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
+            if recent is not None:
+                log.warning("room %s: %d+ messages missed; listeners reset", channel.label, replay_max)
+                self.hub.reset(channel, recent[-1].id, self._reset_payload(channel.label, recent))
+                self.stats["resets"] += 1
+            else:
+                self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
+            channel.known_latest = max(channel.known_latest, channel.last_id)
+        except db.StorageUnavailable as exc:
+            log.warning("room %s: catch-up failed (%s); the sweep will retry", channel.label, exc)
+        finally:
+            channel.catching_up = False
+        if channel.pending and self.hub.channels.get(channel.label) is channel:
+            self._request_catch_up(channel)
+
+    def _resync(self):
+        """The broker (re)subscribed: anything could have been missed meanwhile."""
+        gevent.spawn(self._sweep)
+
+    def _sweep(self):
+        """Compare every local room with the database and catch up the ones behind."""
+        channels = {channel.room_id: channel for channel in self.hub.channels.values()}
+        if not channels:
+            return
+        try:
+            with self.app.app_context(), db.connection():
+                latest = dict(
+                    Room.select(Room.id, Room.last_message_id).where(Room.id.in_(list(channels))).tuples()
+                )
+        except db.StorageUnavailable as exc:
+            log.warning("sweep: database unavailable (%s)", exc)
+            return
+        for room_id, last_id in latest.items():
+            channel = channels[room_id]
+            if last_id > channel.last_id:
+                channel.known_latest = max(channel.known_latest, last_id)
+                self._request_catch_up(channel)
+
+    def _sweep_forever(self):
+        while True:
+            gevent.sleep(SWEEP_INTERVAL)
+            self._sweep()
+
+    def _on_broker_state(self, change):
+        if change == "reconnect":
+            self.stats["reconnects"] += 1
+
+    # -- keepalive -------------------------------------------------------------------
+
+    def _keepalive_forever(self):
+        interval = self.config["PING_INTERVAL"]
+        timeout = self.config["PONG_TIMEOUT"]
+        tick = min(KEEPALIVE_TICK, interval / 4, timeout / 4)
+        while True:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for listener in self.hub.listeners():
+                listener.keepalive(now, interval, timeout)
+
+
+def init_app(app):
+    app.extensions["chat.realtime"] = Realtime(app)

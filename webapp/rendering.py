@@ -1,0 +1,67 @@
+"""Rendering shared by every view of a message: the page, both sockets, the event stream.
+
+One Jinja partial (``templates/_message.html``) renders a message row from the message's
+JSON form, autoescaped; rows come out on a single line (newlines in the text become
+``<br>``), so the event stream can carry a row as one ``data:`` line.
+
+``WireForms.encode(fmt, kind, payload)`` turns an event into the bytes one kind of
+listener takes: ``json`` (the seed's protocol), ``html`` (the htmx socket: out-of-band
+swaps) or ``sse`` (an event-stream chunk). The hub calls it once per message and form.
+"""
+
+import json
+from datetime import datetime
+
+from .websocket import text_frame
+
+
+def clock(iso):
+    """``HH:MM`` (UTC) of an ISO-8601 timestamp; the page script shows local time."""
+    return datetime.fromisoformat(iso).strftime("%H:%M")
+
+
+def to_json(value):
+    """Compact JSON, as sent on sockets."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class WireForms:
+    def __init__(self, jinja_env):
+        self._env = jinja_env
+
+    def _render(self, template, **context):
+        return self._env.get_template(template).render(**context)
+
+    def row(self, message):
+        """The HTML row of a message (its JSON dict), on one line."""
+        return self._render("_message.html", m=message)
+
+    def encode(self, fmt, kind, payload):
+        return getattr(self, f"_{fmt}_{kind}")(payload)
+
+    # The seed's JSON protocol.
+    def _json_message(self, message):
+        return text_frame(to_json(message))
+
+    def _json_reset(self, reset):
+        return text_frame(to_json({"reset": True, "latest": reset["latest"]}))
+
+    # The htmx socket: every top-level element is swapped out of band.
+    def _html_message(self, message):
+        return text_frame(self._render("_push.html", m=message))
+
+    def _html_reset(self, reset):
+        return text_frame(self._render("_reset.html", messages=reset["recent"], latest=reset["latest"]))
+
+    # The event stream.
+    def _sse_message(self, message):
+        row = self.row(message)
+        return f"id: {message['id']}\nevent: message\ndata: {row}\n\n".encode()
+
+    def _sse_reset(self, reset):
+        data = to_json({"reset": True, "latest": reset["latest"]})
+        return f"id: {reset['latest']}\nevent: reset\ndata: {data}\n\n".encode()
+
+
+def init_app(app):
+    app.add_template_filter(clock)

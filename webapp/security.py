@@ -1,0 +1,83 @@
+"""Security by default: response headers, cross-site refusals, the socket Origin check.
+
+* A Content-Security-Policy with no inline script and no eval (htmx is configured to
+  match), ``nosniff``, a strict referrer policy, and framing refused everywhere except
+  the embeddable transcript.
+* Form posts need the page's CSRF token (flask-wtf) and are refused outright when the
+  browser says they come from another site (``Sec-Fetch-Site: cross-site``).
+* WebSocket handshakes from a browser page of another origin are refused with 403
+  before the upgrade (no ``Origin`` header means a script, which is allowed).
+"""
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import abort, current_app, request
+from flask.sessions import SecureCookieSessionInterface
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+log = logging.getLogger(__name__)
+
+CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    )
+)
+
+FRAMABLE_ENDPOINTS = frozenset({"pages.embed"})
+
+
+def origin_allowed(origin):
+    """True when a browser ``Origin`` is this site or one of ALLOWED_ORIGINS."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    if origin in current_app.config["ALLOWED_ORIGINS"]:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def _refuse_cross_site():
+    """Before every request: refuse cross-site form posts and foreign socket origins."""
+    if request.method == "POST" and request.headers.get("Sec-Fetch-Site") == "cross-site":
+        abort(403, description="Cross-site form posts are refused.")
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "is_socket", False) and not origin_allowed(request.headers.get("Origin")):
+        log.warning("refused socket from origin %r for %s", request.headers.get("Origin"), request.path)
+        abort(403, description="This origin may not open a socket here.")
+
+
+def _headers(response):
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint in FRAMABLE_ENDPOINTS:
+        headers["Content-Security-Policy"] = CSP + "; frame-ancestors *"
+    else:
+        headers["Content-Security-Policy"] = CSP + "; frame-ancestors 'none'"
+        headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """The session cookie is ``Secure`` whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app):
+        return request.is_secure or super().get_cookie_secure(app)
+
+
+def init_app(app):
+    if app.config["TRUST_PROXY"]:
+        # One proxy in front sets X-Forwarded-For/-Proto/-Host; believe it, and only it.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    app.session_interface = SessionInterface()
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    app.before_request(_refuse_cross_site)
+    app.after_request(_headers)

@@ -1,0 +1,169 @@
+"""Configuration in one place: defaults, then the environment, then explicit overrides.
+
+Every setting an operator can change is read here from the environment, parsed and
+checked once at start-up, so a typo fails loudly instead of half-working. The README's
+configuration table documents the same names and defaults.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``count`` events per ``seconds``; ``count == 0`` turns the limit off."""
+
+    count: int
+    seconds: int
+
+    @property
+    def enabled(self):
+        return self.count > 0
+
+    def times(self, factor):
+        return Rate(self.count * factor, self.seconds)
+
+    def __str__(self):
+        return f"{self.count}/{self.seconds}" if self.enabled else "0"
+
+    @classmethod
+    def parse(cls, text):
+        """Read ``N/S`` (or ``0``, meaning off)."""
+        text = str(text).strip()
+        if text == "0":
+            return cls(0, 1)
+        match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+        if not match or int(match[2]) == 0:
+            raise ConfigError(f"RATE_LIMIT must look like N/S (e.g. 60/10) or 0, not {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+
+def defaults(instance_path):
+    """The built-in values, used where the environment says nothing."""
+    return {
+        "DATABASE_URL": "sqlite:///" + os.path.join(instance_path, "chat.sqlite3"),
+        "DATABASE_POOL_SIZE": 20,
+        "REDIS_URL": None,
+        "REDIS_CHANNEL_PREFIX": "chat",
+        "SECRET_KEY": None,
+        "WEB_CONCURRENCY": 1,
+        "ALLOWED_ORIGINS": (),
+        "RATE_LIMIT": Rate(60, 10),
+        # Per client address, every message path together: ten times RATE_LIMIT.
+        "ADDRESS_RATE_FACTOR": 10,
+        "MAX_CONNECTIONS_PER_ADDRESS": 100,
+        "LOG_LEVEL": "INFO",
+        "TRUST_PROXY": False,
+        # Limits of the contract.
+        "HANDLE_MAX": 50,
+        "MESSAGE_MAX": 2000,
+        "FRAME_MAX": 64 * 1024,
+        "HISTORY_SIZE": 50,
+        "REPLAY_MAX": 500,
+        "ROOM_NAME_MAX": 80,
+        # Timings (seconds); tests shorten them.
+        "PING_INTERVAL": 25.0,
+        "PONG_TIMEOUT": 10.0,
+        "SSE_HEARTBEAT": 15.0,
+        "SSE_RETRY_MS": 2000,
+        "BROKER_BACKOFF_MAX": 2.0,
+        "DATABASE_WRITE_TIMEOUT": 5.0,
+        "PRESENCE_TTL": 20.0,
+        "TYPING_THROTTLE": 2.0,
+        # Delivery: how far a client may fall behind before it is dropped.
+        "SEND_BACKLOG_MAX_BYTES": 512 * 1024,
+        "SEND_BACKLOG_MAX_SECONDS": 10.0,
+    }
+
+
+# name -> parser for values that come from the environment as text.
+def _int(name, minimum=0):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {text!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def _float(name):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, not {value}")
+        return value
+
+    return parse
+
+
+def _origins(text):
+    return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+
+
+def _flag(text):
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _log_level(text):
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {text!r}")
+    return level
+
+
+PARSERS = {
+    "DATABASE_URL": str,
+    "DATABASE_POOL_SIZE": _int("DATABASE_POOL_SIZE", 1),
+    "REDIS_URL": lambda text: text or None,
+    "REDIS_CHANNEL_PREFIX": str,
+    "SECRET_KEY": lambda text: text or None,
+    "WEB_CONCURRENCY": _int("WEB_CONCURRENCY", 1),
+    "ALLOWED_ORIGINS": _origins,
+    "RATE_LIMIT": Rate.parse,
+    "MAX_CONNECTIONS_PER_ADDRESS": _int("MAX_CONNECTIONS_PER_ADDRESS"),
+    "LOG_LEVEL": _log_level,
+    "TRUST_PROXY": _flag,
+    "PING_INTERVAL": _float("PING_INTERVAL"),
+    "PONG_TIMEOUT": _float("PONG_TIMEOUT"),
+    "SSE_HEARTBEAT": _float("SSE_HEARTBEAT"),
+    "BROKER_BACKOFF_MAX": _float("BROKER_BACKOFF_MAX"),
+    "PRESENCE_TTL": _float("PRESENCE_TTL"),
+    "SEND_BACKLOG_MAX_BYTES": _int("SEND_BACKLOG_MAX_BYTES", 1024),
+    "SEND_BACKLOG_MAX_SECONDS": _float("SEND_BACKLOG_MAX_SECONDS"),
+}
+
+
+def from_environ(environ):
+    """The settings the environment sets, parsed; unset or empty names are left out."""
+    settings = {}
+    for name, parse in PARSERS.items():
+        text = environ.get(name)
+        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY")):
+            settings[name] = parse(text)
+    return settings
+
+
+def check(config):
+    """Refuse combinations that cannot work, with a message an operator can act on."""
+    if not isinstance(config["RATE_LIMIT"], Rate):
+        config["RATE_LIMIT"] = Rate.parse(config["RATE_LIMIT"])
+    if isinstance(config["ALLOWED_ORIGINS"], str):
+        config["ALLOWED_ORIGINS"] = _origins(config["ALLOWED_ORIGINS"])
+    if int(config["WEB_CONCURRENCY"]) > 1 and not config["REDIS_URL"]:
+        raise ConfigError(
+            f"WEB_CONCURRENCY={config['WEB_CONCURRENCY']} needs REDIS_URL: the in-process "
+            "broker only reaches sockets of its own process, so messages would not reach "
+            "everyone. Set REDIS_URL, or run one worker."
+        )

@@ -1,0 +1,169 @@
+"""The WebSocket routes: the seed's JSON protocol and the htmx page's socket.
+
+Both take ``{"handle", "message"}`` frames and push every message of the room; they differ
+only in what they push (JSON, or server-rendered rows swapped in by htmx) and in how
+they report a refused frame. Each connection is one greenlet that reads its frames;
+deliveries come from the hub (see ``realtime``).
+"""
+
+import json
+import logging
+
+from flask import Blueprint, current_app, g, request
+from werkzeug.exceptions import TooManyRequests
+
+from . import chat, db
+from .extensions import sock
+from .hub import Listener
+from .rendering import to_json
+from .websocket import INTERNAL_ERROR, RESTARTING, UNKNOWN_ROOM, CallerReads, WebSocket
+
+log = logging.getLogger(__name__)
+bp = Blueprint("sockets", __name__)
+
+
+class SocketListener(Listener):
+    """Hub membership of one WebSocket."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, ws, fmt, kinds=frozenset()):
+        super().__init__(fmt, kinds)
+        self.ws = ws
+
+    def write(self, data):
+        self.ws.write(data)
+
+    def close(self, code, reason):
+        self.ws.close(code, reason)
+
+    def keepalive(self, now, interval, timeout):
+        self.ws.keepalive(now, interval, timeout)
+
+
+def socket_view(view):
+    """Mark a WebSocket view: Origin-checked at the handshake, no request-long connection."""
+    view.is_socket = True
+    return db.without_request_connection(view)
+
+
+def admit_connection():
+    """Before the handshake of a socket or stream: refuse an address that holds too many."""
+    view = current_app.view_functions.get(request.endpoint)
+    if not getattr(view, "is_socket", False) and not getattr(view, "is_stream", False):
+        return
+    token = current_app.extensions["chat.admission"].admit(request.remote_addr)
+    if token is None:
+        log.warning("refused connection from %s: too many open", request.remote_addr)
+        raise TooManyRequests("Too many open connections from this address.")
+    g.admission = token
+
+
+def release_connection(exc):
+    token = g.pop("admission", None)
+    if token is not None:
+        current_app.extensions["chat.admission"].release(token)
+
+
+@bp.before_request
+def _no_compression():
+    # Shared frames are sent as they are to every socket (see webapp.websocket).
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+
+
+def _last_id():
+    text = request.args.get("last_id")
+    return int(text) if text and text.isascii() and text.isdigit() else None
+
+
+def _serve(server, label, fmt, read_frame, reply_error):
+    """Run one socket: join the room (replaying after ?last_id), then read frames."""
+    config = current_app.config
+    realtime = current_app.extensions["chat.realtime"]
+    address = request.remote_addr
+    ws = WebSocket(
+        server,
+        config["FRAME_MAX"],
+        (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
+        on_drop=lambda reason: log.warning("dropped socket of %s in %s: %s", address, label, reason),
+    )
+    try:
+        room = chat.find_room(label)
+    except db.StorageUnavailable:
+        room = None
+        ws.close(INTERNAL_ERROR, "database unavailable")
+    if room is None:
+        ws.close(UNKNOWN_ROOM, "unknown room")
+    elif realtime.draining:
+        ws.close(RESTARTING, "server restarting")
+    else:
+        listener = SocketListener(ws, fmt)
+        sender = chat.Sender(address, connection=f"ws:{id(ws)}")
+        try:
+            realtime.join(listener, room, _last_id())
+            while (frame := ws.receive()) is not None:
+                try:
+                    handle, message = read_frame(frame)
+                    chat.send(room, handle, message, sender)
+                except chat.BadInput as exc:
+                    reply_error(ws, str(exc))
+                except db.StorageUnavailable:
+                    reply_error(ws, "not stored: the database is unavailable; try again")
+        except db.StorageUnavailable:
+            ws.close(INTERNAL_ERROR, "database unavailable")
+        finally:
+            realtime.leave(listener)
+            current_app.extensions["chat.throttle"].forget(sender.connection)
+    while ws.receive() is not None:  # let the close handshake finish
+        pass
+
+
+def _decode(frame):
+    if isinstance(frame, bytes):
+        raise chat.Malformed("send text frames, not binary")
+    try:
+        return json.loads(frame)
+    except (ValueError, RecursionError):
+        raise chat.Malformed("not valid JSON") from None
+
+
+def _read_json_frame(frame):
+    return chat.parse_fields(_decode(frame))
+
+
+def _reply_json_error(ws, reason):
+    ws.send_text(to_json({"error": reason}))
+
+
+def _read_htmx_frame(frame):
+    # htmx's ws-send: the form's fields plus HEADERS (and the CSRF field, unused here:
+    # the Origin check at the handshake already stops cross-site pages).
+    data = _decode(frame)
+    if not isinstance(data, dict):
+        raise chat.Malformed("expected the chat form")
+    return data.get("handle"), data.get("message")
+
+
+def _reply_htmx_error(ws, reason):
+    ws.send_text(current_app.jinja_env.get_template("_send_error.html").render(error=reason, oob=True))
+
+
+@sock.route("/chat/<label>/", bp=bp)
+@socket_view
+def json_socket(server, label):
+    """The seed's protocol: JSON frames both ways (for scripts, bots and the seed's client)."""
+    _serve(server, label, "json", _read_json_frame, _reply_json_error)
+
+
+@sock.route("/ws/<label>/", bp=bp)
+@socket_view
+def htmx_socket(server, label):
+    """The room page's socket: the chat form in, server-rendered rows out."""
+    _serve(server, label, "html", _read_htmx_frame, _reply_htmx_error)
+
+
+def init_app(app):
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"thread_class": CallerReads})
+    app.before_request(admit_connection)
+    app.teardown_request(release_connection)
+    app.register_blueprint(bp)
