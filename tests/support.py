@@ -15,7 +15,8 @@ from contextlib import closing, contextmanager
 import psycopg2
 import redis
 import requests
-from websockets.sync.client import connect as ws_connect
+
+from .wsclient import WSClient
 
 @contextmanager
 def using_db(app):
@@ -231,7 +232,7 @@ class LiveServer:
 
     def socket(self, label, last_id=None, **kwargs):
         query = f"?last_id={last_id}" if last_id is not None else ""
-        return ChatClient(ws_connect(self.ws_url(f"/chat/{label}/{query}"), **kwargs))
+        return ChatClient(WSClient(self.ws_url(f"/chat/{label}/{query}"), **kwargs))
 
 
 class ChatClient:
@@ -257,9 +258,13 @@ class ChatClient:
         deadline = time.monotonic() + timeout
         while len(self.messages()) < count:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"got {len(self.messages())} of {count} messages")
-            self.recv(timeout=remaining)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                self.recv(timeout=remaining)
+            except TimeoutError:
+                ids = [m["id"] for m in self.messages()]
+                raise AssertionError(f"got {len(ids)} of {count} messages: ids {ids}") from None
         return self.messages()
 
     def close(self):

@@ -85,8 +85,10 @@ def stream(label):
     if realtime.draining:
         abort(503, description="The server is restarting.")
     listener = StreamListener(config["REPLAY_MAX"] + QUEUE_SLACK, config["SSE_HEARTBEAT"])
+    after = _resume_from()
+    realtime.join(listener, room, after)
     try:
-        realtime.join(listener, room, _resume_from())
+        realtime.start_delivery(listener, room, replay=after is not None)
     except db.StorageUnavailable:
         realtime.leave(listener)
         raise

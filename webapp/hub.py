@@ -74,10 +74,10 @@ class Hub:
     # -- membership ---------------------------------------------------------------
 
     def join(self, listener, label, room_id, latest_id, after=None):
-        """Add a listener to a room.
+        """Add a listener to a room; deliveries to it are held until ``finish_replay``.
 
-        Without ``after`` it gets live messages only. With ``after`` it will be given
-        history by its owner: live messages are held until ``finish_replay``.
+        Without ``after`` it gets messages delivered after this call; with ``after``, its
+        owner first writes the history after that id (see ``finish_replay``).
         """
         channel = self.channels.get(label)
         if channel is None:
@@ -91,13 +91,13 @@ class Hub:
             listener.sent_id = channel.last_id
         else:
             listener.sent_id = min(after, max(latest_id, channel.last_id))
-            listener.held = []
+        listener.held = []
         channel.listeners.add(listener)
         return channel
 
     def finish_replay(self, listener):
-        """After the owner has written the replay (and moved ``sent_id``), send what
-        arrived meanwhile and was not part of it."""
+        """The owner is ready (and has written any history, moving ``sent_id``): send what
+        arrived meanwhile and was not part of it, then deliver as usual."""
         held, listener.held = listener.held, None
         for message_id, kind, payload in held or ():
             if message_id > listener.sent_id:
@@ -125,6 +125,7 @@ class Hub:
         if channel is None or message_id <= channel.last_id:
             return
         if prev_id != channel.last_id:
+            log.debug("room %s: %d arrived before %d; holding it", label, message_id, prev_id)
             channel.pending[message_id] = (prev_id, payload)
             if len(channel.pending) == 1 or len(channel.pending) > PENDING_MAX:
                 self._request_catch_up(channel)

@@ -2,9 +2,10 @@
 
 * ``publish_message`` (called by ``chat.send`` after the commit) hands the message to
   this worker's hub at once and to the broker for every other worker and server.
-* ``join`` registers a listener with the hub *first*, then replays what it missed from
-  the database, then lets the hub send what arrived meanwhile, skipping ids already
-  sent: no gap, no duplicate.
+* ``join`` registers a listener with the hub *first* (before the client sees its
+  connection open); ``start_delivery`` then replays what it missed from the database
+  and lets the hub send what arrived meanwhile, skipping ids already sent: no gap, no
+  duplicate.
 * Catch-up: whenever the hub sees a gap (or the broker re-subscribes, or the periodic
   sweep finds the database ahead of a room), the missing messages are read by id from
   the database. Pub/sub is only the fast path.
@@ -99,29 +100,33 @@ class Realtime:
     # -- listening ------------------------------------------------------------------
 
     def join(self, listener, room, after=None):
-        """Register ``listener`` for ``room``; with ``after``, first replay every stored
-        message with a greater id (at most REPLAY_MAX, else an explicit reset).
+        """Register ``listener`` for ``room`` now; what arrives is held until
+        ``start_delivery``. Call it before the client can see its connection open, so
+        "live" starts no later than the client thinks it does."""
+        self.start()
+        self.hub.join(listener, room.label, room.id, room.last_message_id, after)
+
+    def start_delivery(self, listener, room, replay):
+        """The connection is open: with ``replay``, first write every stored message after
+        the listener's resume point (at most REPLAY_MAX, else an explicit reset); then
+        what was held meanwhile, skipping what the replay covered; then live messages.
 
         Raises db.StorageUnavailable if the replay cannot be read (the caller closes).
         """
-        self.start()
-        self.hub.join(listener, room.label, room.id, room.last_message_id, after)
-        if after is None:
-            return
-        replay_max = self.config["REPLAY_MAX"]
-        with db.connection():
-            rows = Message.after(room.id, listener.sent_id, replay_max + 1)
-            recent = Message.recent(room.id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
-        if recent is not None:
-            latest = recent[-1].id
-            listener.write(self.forms.encode(listener.fmt, "reset", self._reset_payload(room.label, recent)))
-            listener.sent_id = latest
-            self.stats["resets"] += 1
-        else:
-            for row in rows:
-                listener.write(self.forms.encode(listener.fmt, "message", row.as_dict(room.label)))
-                listener.sent_id = row.id
-            self.stats["replayed"] += len(rows)
+        if replay:
+            replay_max = self.config["REPLAY_MAX"]
+            with db.connection():
+                rows = Message.after(room.id, listener.sent_id, replay_max + 1)
+                recent = Message.recent(room.id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
+            if recent is not None:
+                listener.write(self.forms.encode(listener.fmt, "reset", self._reset_payload(room.label, recent)))
+                listener.sent_id = recent[-1].id
+                self.stats["resets"] += 1
+            else:
+                for row in rows:
+                    listener.write(self.forms.encode(listener.fmt, "message", row.as_dict(room.label)))
+                    listener.sent_id = row.id
+                self.stats["replayed"] += len(rows)
         self.hub.finish_replay(listener)
 
     def leave(self, listener):
@@ -155,6 +160,7 @@ class Realtime:
                 self.hub.reset(channel, recent[-1].id, self._reset_payload(channel.label, recent))
                 self.stats["resets"] += 1
             else:
+                log.debug("room %s: caught up %d message(s) after %d", channel.label, len(rows), channel.last_id)
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
             channel.known_latest = max(channel.known_latest, channel.last_id)
         except db.StorageUnavailable as exc:

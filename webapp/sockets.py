@@ -9,7 +9,7 @@ deliveries come from the hub (see ``realtime``).
 import json
 import logging
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, abort, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
 
 from . import chat, db
@@ -23,28 +23,36 @@ bp = Blueprint("sockets", __name__)
 
 
 class SocketListener(Listener):
-    """Hub membership of one WebSocket."""
+    """Hub membership of one WebSocket (the socket is attached once the handshake is done)."""
 
     __slots__ = ("ws",)
 
-    def __init__(self, ws, fmt, kinds=frozenset()):
+    def __init__(self, fmt, kinds=frozenset()):
         super().__init__(fmt, kinds)
-        self.ws = ws
+        self.ws = None
 
     def write(self, data):
         self.ws.write(data)
 
     def close(self, code, reason):
-        self.ws.close(code, reason)
+        if self.ws is not None:
+            self.ws.close(code, reason)
 
     def keepalive(self, now, interval, timeout):
-        self.ws.keepalive(now, interval, timeout)
+        if self.ws is not None:
+            self.ws.keepalive(now, interval, timeout)
 
 
-def socket_view(view):
-    """Mark a WebSocket view: Origin-checked at the handshake, no request-long connection."""
-    view.is_socket = True
-    return db.without_request_connection(view)
+def socket_view(fmt):
+    """Mark a WebSocket view taking ``fmt`` frames: Origin-checked and counted at the
+    handshake, joined to its room before it, no request-long database connection."""
+
+    def mark(view):
+        view.is_socket = True
+        view.socket_format = fmt
+        return db.without_request_connection(view)
+
+    return mark
 
 
 def admit_connection():
@@ -65,42 +73,61 @@ def release_connection(exc):
         current_app.extensions["chat.admission"].release(token)
 
 
-@bp.before_request
-def _no_compression():
-    # Shared frames are sent as they are to every socket (see webapp.websocket).
-    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
-
-
 def _last_id():
     text = request.args.get("last_id")
     return int(text) if text and text.isascii() and text.isdigit() else None
 
 
-def _serve(server, label, fmt, read_frame, reply_error):
-    """Run one socket: join the room (replaying after ?last_id), then read frames."""
+@bp.before_request
+def _join_before_handshake():
+    """Runs before flask-sock answers 101: find the room and join its hub channel now,
+    so every message stored after the client sees the socket open reaches it."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        abort(400, description="This is a WebSocket endpoint: connect with a WebSocket client.")
+    # Shared frames are sent as they are to every socket (see webapp.websocket).
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    realtime = current_app.extensions["chat.realtime"]
+    try:
+        room = chat.find_room(request.view_args.get("label", ""))
+    except db.StorageUnavailable:
+        g.socket_refusal = (INTERNAL_ERROR, "database unavailable")
+        return
+    if room is None:
+        g.socket_refusal = (UNKNOWN_ROOM, "unknown room")
+    elif realtime.draining:
+        g.socket_refusal = (RESTARTING, "server restarting")
+    else:
+        g.socket_room = room
+        g.socket_listener = SocketListener(current_app.view_functions[request.endpoint].socket_format)
+        realtime.join(g.socket_listener, room, _last_id())
+
+
+@bp.teardown_request
+def _leave(exc):
+    listener = g.pop("socket_listener", None)
+    if listener is not None:
+        current_app.extensions["chat.realtime"].leave(listener)
+
+
+def _serve(server, read_frame, reply_error):
+    """Run one socket: deliver (after a replay if ?last_id asked), then read frames."""
     config = current_app.config
     realtime = current_app.extensions["chat.realtime"]
-    address = request.remote_addr
+    address, room = request.remote_addr, g.get("socket_room")
     ws = WebSocket(
         server,
         config["FRAME_MAX"],
         (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
-        on_drop=lambda reason: log.warning("dropped socket of %s in %s: %s", address, label, reason),
+        on_drop=lambda reason: log.warning("dropped socket of %s: %s", address, reason),
     )
-    try:
-        room = chat.find_room(label)
-    except db.StorageUnavailable:
-        room = None
-        ws.close(INTERNAL_ERROR, "database unavailable")
     if room is None:
-        ws.close(UNKNOWN_ROOM, "unknown room")
-    elif realtime.draining:
-        ws.close(RESTARTING, "server restarting")
+        ws.close(*g.socket_refusal)
     else:
-        listener = SocketListener(ws, fmt)
+        listener = g.socket_listener
+        listener.ws = ws
         sender = chat.Sender(address, connection=f"ws:{id(ws)}")
         try:
-            realtime.join(listener, room, _last_id())
+            realtime.start_delivery(listener, room, replay=_last_id() is not None)
             while (frame := ws.receive()) is not None:
                 try:
                     handle, message = read_frame(frame)
@@ -149,17 +176,17 @@ def _reply_htmx_error(ws, reason):
 
 
 @sock.route("/chat/<label>/", bp=bp)
-@socket_view
+@socket_view("json")
 def json_socket(server, label):
     """The seed's protocol: JSON frames both ways (for scripts, bots and the seed's client)."""
-    _serve(server, label, "json", _read_json_frame, _reply_json_error)
+    _serve(server, _read_json_frame, _reply_json_error)
 
 
 @sock.route("/ws/<label>/", bp=bp)
-@socket_view
+@socket_view("html")
 def htmx_socket(server, label):
     """The room page's socket: the chat form in, server-rendered rows out."""
-    _serve(server, label, "html", _read_htmx_frame, _reply_htmx_error)
+    _serve(server, _read_htmx_frame, _reply_htmx_error)
 
 
 def init_app(app):
