@@ -7,7 +7,9 @@ gevent has patched it), never here at the top.
 
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 port = os.environ.get("PORT", "8000")
 redis_url = os.environ.get("REDIS_URL", "")
@@ -18,6 +20,13 @@ if workers > 1 and not redis_url:
         f"WEB_CONCURRENCY={workers} needs REDIS_URL: the in-process broker only reaches the "
         "sockets of its own process. Set REDIS_URL, or run with WEB_CONCURRENCY=1."
     )
+
+# Workers write their metrics here (prometheus_client reads this variable when it is
+# imported, so it is set before any worker starts); a scrape sums every worker's files.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-metrics-")
+metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = [f"0.0.0.0:{port}"]
 worker_class = "gevent"
@@ -36,6 +45,25 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 proc_name = "chat"
+
+
+def on_starting(server):
+    """Start from empty metrics: files of an earlier run would be summed in."""
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        os.remove(os.path.join(metrics_dir, name))
+
+
+def child_exit(server, worker):
+    """A worker ended (or was killed): its open-connection gauges stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, metrics_dir)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -16,6 +16,7 @@ import psycopg2
 import redis
 import requests
 
+from .sseclient import SSEClient
 from .wsclient import WSClient
 
 @contextmanager
@@ -226,6 +227,22 @@ class LiveServer:
     def post_json(self, label, handle, message):
         return requests.post(f"{self.url}/api/rooms/{label}/messages", json={"handle": handle, "message": message},
                              timeout=10)
+
+    def metric(self, name, **labels):
+        """The value of one sample on /metrics (0 when absent)."""
+        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            sample_name, _, sample_labels = sample.partition("{")
+            if sample_name == name and sample_labels.rstrip("}") == wanted:
+                return float(value)
+        return 0.0
+
+    def events(self, label, last_id=None, headers=()):
+        query = f"?last_id={last_id}" if last_id is not None else ""
+        return SSEClient(f"{self.url}/{label}/events{query}", headers=headers)
 
     def open_room(self, label):
         assert self.get(f"/{label}/").status_code == 200

@@ -299,3 +299,40 @@ def test_two_workers_on_postgres(live, redis_server, postgres, backend):
     assert all(order == orders[0] == sorted(orders[0]) for order in orders)
     late = server.socket("pg", last_id=orders[0][49])
     assert [m["id"] for m in late.collect(50)] == orders[0][50:]
+
+
+def test_idle_sockets_are_pinged_and_silent_peers_are_cut(live):
+    server = live(PING_INTERVAL="1", PONG_TIMEOUT="1")
+    server.open_room("idle")
+    answering = server.socket("idle")
+    silent = server.socket("idle")  # never reads again: no pong, like a vanished peer
+    for _ in range(8):  # 4 s of reading, which answers the pings
+        with pytest.raises(TimeoutError):
+            answering.recv(timeout=0.5)
+    answering.send("a", "still here")
+    assert texts(answering.collect(1)) == ["still here"]
+    assert server.metric("chat_dropped_clients_total", reason="silent") == 1
+    with pytest.raises(Closed):
+        while True:
+            silent.recv(timeout=2)
+    assert server.metric("chat_open_connections", kind="websocket") == 1
+
+
+def test_the_example_bot_chats_in_the_seed_protocol(live):
+    import subprocess
+    import sys
+
+    from .support import PROJECT
+
+    server = live()
+    server.open_room("bots")
+    person = server.socket("bots")
+    bot = subprocess.Popen([sys.executable, "examples/bot.py", server.ws_url("/chat/bots/")], cwd=PROJECT)
+    try:
+        assert person.recv()["message"] == "hello! say !time"
+        person.send("ann", "!time")
+        assert person.recv()["message"] == "!time"
+        reply = person.recv()
+        assert reply["handle"] == "clockbot" and reply["message"].startswith("ann: it is ")
+    finally:
+        bot.kill()

@@ -10,7 +10,7 @@ import secrets
 
 from flask import Flask
 
-from . import admission, api, db, errors, events, health, pages, realtime, rendering, security, settings, sockets
+from . import admission, api, db, errors, events, health, metrics, pages, realtime, rendering, security, settings, sockets
 from .extensions import csrf
 from .labels import LabelConverter
 from .throttle import Throttle
@@ -44,6 +44,7 @@ def create_app(config=None):
     csrf.init_app(app)
     rendering.init_app(app)
     errors.init_app(app)
+    metrics.init_app(app)
     admission.init_app(app)
     realtime.init_app(app)
     app.extensions["chat.throttle"] = Throttle(app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"])

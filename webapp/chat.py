@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from flask import current_app
 from peewee import IntegrityError
 
-from . import db, labels
+from . import db, labels, metrics
 from .labels import is_valid_label
 from .models import Message, Room
 
@@ -100,11 +100,17 @@ def send(room, handle, text, sender):
     config = current_app.config
     throttle = current_app.extensions["chat.throttle"]
     if not throttle.allow(sender.address, sender.connection):
+        metrics.REFUSED.labels("rate_limited").inc()
         rate = config["RATE_LIMIT"]
         raise RateLimited(f"slow down: at most {rate.count} messages in {rate.seconds} seconds")
-    handle = clean_handle(handle, config["HANDLE_MAX"])
-    text = clean_message(text, config["MESSAGE_MAX"])
+    try:
+        handle = clean_handle(handle, config["HANDLE_MAX"])
+        text = clean_message(text, config["MESSAGE_MAX"])
+    except BadInput:
+        metrics.REFUSED.labels("bad_input").inc()
+        raise
     message, previous = db.write_transaction(Message.append, room.id, handle, text, db.is_postgres())
+    metrics.MESSAGES_STORED.inc()
     current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)
     return message
 

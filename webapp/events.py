@@ -14,7 +14,7 @@ import time
 from flask import Blueprint, Response, abort, current_app, g, request
 from gevent.queue import Full, Queue
 
-from . import chat, db
+from . import chat, db, metrics
 from .hub import Listener
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class StreamListener(Listener):
             self.queue.put_nowait(data)
             self.last_write = time.monotonic()
         except Full:
+            metrics.DROPPED.labels("slow").inc()
             log.warning("dropped an event stream: too slow to keep up")
             self.close(1013, "too slow")
 

@@ -63,12 +63,14 @@ class Channel:
 
 
 class Hub:
-    def __init__(self, encode, request_catch_up):
+    def __init__(self, encode, request_catch_up, observe=None):
         """``encode(fmt, kind, payload) -> bytes``; ``request_catch_up(channel)`` asks the
-        owner to read what the channel misses from the database and call ``catch_up``."""
+        owner to read what the channel misses from the database and call ``catch_up``;
+        ``observe(sent, payload)`` hears about every message delivered."""
         self.channels = {}
         self._encode = encode
         self._request_catch_up = request_catch_up
+        self._observe = observe
         self.deliveries = 0
 
     # -- membership ---------------------------------------------------------------
@@ -182,6 +184,8 @@ class Hub:
             listener.sent_id = message_id
             sent += 1
         self.deliveries += sent
+        if self._observe is not None:
+            self._observe(sent, payload)
 
     # -- other events -------------------------------------------------------------
 

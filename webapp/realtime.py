@@ -23,7 +23,7 @@ import uuid
 
 import gevent
 
-from . import db
+from . import db, metrics
 from .broker import make_broker
 from .hub import Hub
 from .models import Message, Room
@@ -37,17 +37,16 @@ KEEPALIVE_TICK = 1.0
 
 
 class Realtime:
-    def __init__(self, app, metrics=None):
+    def __init__(self, app):
         self.app = app
         self.config = app.config
         self.forms = WireForms(app.jinja_env)
-        self.hub = Hub(self.forms.encode, self._request_catch_up)
+        self.hub = Hub(self.forms.encode, self._request_catch_up, metrics.observe_delivery)
         self.broker = make_broker(app.config, on_state=self._on_broker_state)
         self.origin = None
         self.draining = False
         self._pid = None
         self._loops = []
-        self.stats = {"reconnects": 0, "replayed": 0, "resets": 0, "dropped": 0}
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -105,6 +104,7 @@ class Realtime:
         "live" starts no later than the client thinks it does."""
         self.start()
         self.hub.join(listener, room.label, room.id, room.last_message_id, after)
+        metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).inc()
 
     def start_delivery(self, listener, room, replay):
         """The connection is open: with ``replay``, first write every stored message after
@@ -121,16 +121,19 @@ class Realtime:
             if recent is not None:
                 listener.write(self.forms.encode(listener.fmt, "reset", self._reset_payload(room.label, recent)))
                 listener.sent_id = recent[-1].id
-                self.stats["resets"] += 1
+                metrics.RESETS.inc()
             else:
                 for row in rows:
                     listener.write(self.forms.encode(listener.fmt, "message", row.as_dict(room.label)))
                     listener.sent_id = row.id
-                self.stats["replayed"] += len(rows)
+                metrics.REPLAYED.inc(len(rows))
         self.hub.finish_replay(listener)
 
     def leave(self, listener):
-        self.hub.leave(listener)
+        """Unregister (safe to call more than once)."""
+        if listener.channel is not None:
+            self.hub.leave(listener)
+            metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).dec()
 
     @staticmethod
     def _reset_payload(label, recent):
@@ -158,9 +161,10 @@ class Realtime:
             if recent is not None:
                 log.warning("room %s: %d+ messages missed; listeners reset", channel.label, replay_max)
                 self.hub.reset(channel, recent[-1].id, self._reset_payload(channel.label, recent))
-                self.stats["resets"] += 1
+                metrics.RESETS.inc(len(channel.listeners))
             else:
                 log.debug("room %s: caught up %d message(s) after %d", channel.label, len(rows), channel.last_id)
+                metrics.CATCH_UPS.inc()
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
             channel.known_latest = max(channel.known_latest, channel.last_id)
         except db.StorageUnavailable as exc:
@@ -200,14 +204,14 @@ class Realtime:
 
     def _on_broker_state(self, change):
         if change == "reconnect":
-            self.stats["reconnects"] += 1
+            metrics.BROKER_RECONNECTS.inc()
 
     # -- keepalive -------------------------------------------------------------------
 
     def _keepalive_forever(self):
         interval = self.config["PING_INTERVAL"]
         timeout = self.config["PONG_TIMEOUT"]
-        tick = min(KEEPALIVE_TICK, interval / 4, timeout / 4)
+        tick = min(KEEPALIVE_TICK, interval / 4, timeout / 4, self.config["SSE_HEARTBEAT"] / 2)
         while True:
             gevent.sleep(tick)
             now = time.monotonic()

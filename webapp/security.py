@@ -16,6 +16,8 @@ from flask import abort, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 CSP = "; ".join(
@@ -50,6 +52,7 @@ def _refuse_cross_site():
         abort(403, description="Cross-site form posts are refused.")
     view = current_app.view_functions.get(request.endpoint)
     if getattr(view, "is_socket", False) and not origin_allowed(request.headers.get("Origin")):
+        metrics.REFUSED.labels("foreign_origin").inc()
         log.warning("refused socket from origin %r for %s", request.headers.get("Origin"), request.path)
         abort(403, description="This origin may not open a socket here.")
 

@@ -12,7 +12,7 @@ import logging
 from flask import Blueprint, abort, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
 
-from . import chat, db
+from . import chat, db, metrics
 from .extensions import sock
 from .hub import Listener
 from .rendering import to_json
@@ -62,6 +62,7 @@ def admit_connection():
         return
     token = current_app.extensions["chat.admission"].admit(request.remote_addr)
     if token is None:
+        metrics.REFUSED.labels("too_many_connections").inc()
         log.warning("refused connection from %s: too many open", request.remote_addr)
         raise TooManyRequests("Too many open connections from this address.")
     g.admission = token
@@ -118,7 +119,7 @@ def _serve(server, read_frame, reply_error):
         server,
         config["FRAME_MAX"],
         (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
-        on_drop=lambda reason: log.warning("dropped socket of %s: %s", address, reason),
+        on_drop=lambda reason: _dropped(address, reason),
     )
     if room is None:
         ws.close(*g.socket_refusal)
@@ -143,6 +144,11 @@ def _serve(server, read_frame, reply_error):
             current_app.extensions["chat.throttle"].forget(sender.connection)
     while ws.receive() is not None:  # let the close handshake finish
         pass
+
+
+def _dropped(address, reason):
+    metrics.DROPPED.labels("silent" if "ping" in reason else "slow").inc()
+    log.warning("dropped socket of %s: %s", address, reason)
 
 
 def _decode(frame):

@@ -1,0 +1,210 @@
+"""The results as text tables and as PNG plots (matplotlib, Agg backend)."""
+
+import os
+
+
+def _fmt(value, digits=1):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(title, header, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
+    lines = [title, "  ".join(str(h).rjust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def _integrity(result):
+    parts = [f"lost {result['lost']}", f"dup {result['duplicates']}"]
+    if result.get("strays"):
+        parts.append(f"stray {result['strays']}")
+    if result.get("reordered"):
+        parts.append(f"reorder {result['reordered']}")
+    if result.get("other_frames"):
+        parts.append(f"other {result['other_frames']}")
+    if result.get("closed"):
+        parts.append(f"closed {result['closed']}")
+    return ", ".join(parts)
+
+
+def tables(results):
+    out = []
+    cap = results.get("capacity")
+    if cap and not cap.get("error"):
+        rows = []
+        for s in cap["steps"]:
+            b = s["broadcast"]
+            rows.append([
+                s["connections"], s["connect_failures"], _fmt(s["connects_per_s"], 0),
+                _fmt(s["rss_kb"] / 1024), _fmt(s["rss_per_conn_kb"]), _fmt(s["marginal_kb_per_conn"]),
+                f"{b['received']}/{b['expected']}", _fmt(b["latency_ms"]["p50"]), _fmt(b["latency_ms"]["p99"]),
+                _fmt(b["latency_ms"]["max"]), _integrity(b),
+            ])
+        out.append(_table(
+            f"(a) capacity: idle WebSockets on one worker ({cap['cluster']}); baseline RSS "
+            f"{cap['baseline_rss_kb'] / 1024:.1f} MiB",
+            ["conns", "failed", "conn/s", "RSS MiB", "kB/conn", "marginal kB", "broadcast", "p50 ms", "p99 ms",
+             "max ms", "integrity"],
+            rows,
+        ))
+    for key, name in (("fanout_ws", "(b) fan-out to WebSockets"), ("fanout_sse", "(d) fan-out to SSE streams")):
+        fan = results.get(key)
+        if fan and not fan.get("error"):
+            rows = []
+            for s in fan["sizes"]:
+                lat, comp = s["latency_ms"], s["completion_ms"]
+                rows.append([
+                    s["size"], s["messages"], f"{s['received']}/{s['expected']}", _fmt(lat["p50"]),
+                    _fmt(lat["p99"]), _fmt(lat["max"]), _fmt(comp["p50"]), _fmt(s["server_cpu_us_per_delivery"]),
+                    _integrity(s),
+                ])
+            out.append(_table(
+                f"{name} ({fan['cluster']}); one message at a time",
+                ["members", "msgs", "delivered", "p50 ms", "p99 ms", "max ms", "all-in p50 ms", "srv us/deliv",
+                 "integrity"],
+                rows,
+            ))
+    tp = results.get("throughput")
+    if tp:
+        rows = []
+        for run in tp.get("runs", []):
+            if run.get("error"):
+                rows.append([run["config"], run.get("shape", ""), "error", run["error"][:60], "", "", "", "", "", ""])
+                continue
+            for s in run["steps"]:
+                rows.append([
+                    run["config"], f"{run['rooms']}x{run['per_room']}", s["offered_deliveries_per_s"],
+                    _fmt(s["deliveries_per_s"], 0), _fmt(s["latency_ms"]["p50"]), _fmt(s["latency_ms"]["p99"]),
+                    _fmt(s["server_cpu_us_per_delivery"]), _fmt(s["server_cpu_pct"], 0), _fmt(s["loadgen_cpu_pct"], 0),
+                    "ok" if s["passed"] else "FAIL " + "; ".join(s["problems"]),
+                ])
+        out.append(_table(
+            "(c) throughput: 2 senders per room, rising offered load (deliveries/s)",
+            ["config", "rooms", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv us/deliv", "srv CPU%",
+             "gen CPU%", "verdict"],
+            rows,
+        ))
+        summary = [
+            [run["config"], f"{run['rooms']}x{run['per_room']}", _fmt(run["max_sustained_deliveries_per_s"], 0),
+             _fmt((run.get("at_best") or {}).get("p99_ms")),
+             _fmt((run.get("at_best") or {}).get("server_cpu_us_per_delivery")), run["stop_reason"][:70]]
+            for run in tp.get("runs", []) if not run.get("error")
+        ]
+        out.append(_table("(c) max sustained deliveries/s", ["config", "rooms", "max/s", "p99 ms", "srv us/deliv",
+                                                             "stopped by"], summary))
+    slow = results.get("slow_client")
+    if slow and not slow.get("error"):
+        fate = slow["slow_client"]
+        rows = []
+        for tag in ("absent", "present"):
+            r = slow[tag]
+            rows.append([tag, f"{r['received']}/{r['expected']}", _fmt(r["latency_ms"]["p50"]),
+                         _fmt(r["latency_ms"]["p99"]), _fmt(r["latency_ms"]["max"]), _integrity(r)])
+        out.append(_table(
+            f"(e) one slow client ({slow['members']} members, {slow['rate_messages_per_s']} msg/s of "
+            f"~{slow['approx_frame_bytes']} B for {slow['seconds']}s; {slow['cluster']})",
+            ["slow client", "delivered", "p50 ms", "p99 ms", "max ms", "integrity (others)"],
+            rows,
+        ) + f"\n  the slow client itself: received {fate['received']}/{fate['expected']}, "
+            f"close code {fate['close_code']} ({'dropped by the server' if fate['close_code'] == 1013 else 'not dropped'})")
+    errors = [f"{k}: {v['error']}" for k, v in results.items() if isinstance(v, dict) and v.get("error")]
+    if errors:
+        out.append("errors:\n  " + "\n  ".join(errors))
+    return "\n\n".join(out)
+
+
+def plots(results, directory):
+    """Write the PNGs; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    # Latency percentiles vs room size.
+    fans = [(results.get(k), label) for k, label in (("fanout_ws", "WebSocket"), ("fanout_sse", "SSE"))]
+    fans = [(f, label) for f, label in fans if f and not f.get("error") and f.get("sizes")]
+    if fans:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for fan, label in fans:
+            sizes = [s["size"] for s in fan["sizes"]]
+            for stat, style in (("p50", "-o"), ("p99", "--s"), ("max", ":^")):
+                ax.plot(sizes, [s["latency_ms"][stat] for s in fan["sizes"]], style, label=f"{label} {stat}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("room size (members)")
+        ax.set_ylabel("delivery latency (ms)")
+        ax.set_title("Fan-out: latency vs room size")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, directory, "latency_vs_room_size.png"))
+
+    # Deliveries/s vs offered load.
+    tp = results.get("throughput")
+    runs = [r for r in (tp or {}).get("runs", []) if not r.get("error") and r.get("steps")]
+    if runs:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        top = 0
+        for run in runs:
+            label = f"{run['config']} {run['rooms']}x{run['per_room']}"
+            offered = [s["offered_deliveries_per_s"] for s in run["steps"]]
+            got = [s["deliveries_per_s"] or 0 for s in run["steps"]]
+            top = max(top, *offered, *got)
+            line, = ax.plot(offered, got, "-o", label=label)
+            for s in run["steps"]:
+                if not s["passed"]:
+                    ax.plot([s["offered_deliveries_per_s"]], [s["deliveries_per_s"] or 0], "x", color="red", ms=10)
+            ax2.plot(offered, [s["latency_ms"]["p99"] for s in run["steps"]], "-o", color=line.get_color(), label=label)
+        ax.plot([0, top], [0, top], ":", color="grey", label="delivered = offered")
+        ax.set_xlabel("offered deliveries/s")
+        ax.set_ylabel("delivered deliveries/s")
+        ax.set_title("Throughput (x: step failed)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        ax2.axhline(250, color="red", ls=":", label="p99 limit 250 ms")
+        ax2.set_xlabel("offered deliveries/s")
+        ax2.set_ylabel("p99 latency (ms)")
+        ax2.set_yscale("log")
+        ax2.set_title("p99 latency vs offered load")
+        ax2.grid(True, which="both", alpha=0.3)
+        ax2.legend(fontsize=7)
+        written.append(_save(fig, directory, "throughput.png"))
+
+    # Memory vs connections.
+    cap = results.get("capacity")
+    if cap and not cap.get("error") and cap.get("steps"):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        conns = [0] + [s["connections"] for s in cap["steps"]]
+        rss = [cap["baseline_rss_kb"] / 1024] + [s["rss_kb"] / 1024 for s in cap["steps"]]
+        ax.plot(conns, rss, "-o", label="worker RSS (MiB)")
+        ax.set_xlabel("idle WebSocket connections on one worker")
+        ax.set_ylabel("RSS (MiB)")
+        ax.grid(True, alpha=0.3)
+        ax2 = ax.twinx()
+        ax2.plot(conns[1:], [s["rss_per_conn_kb"] for s in cap["steps"]], "--s", color="tab:orange",
+                 label="kB per connection")
+        ax2.set_ylabel("kB per connection (RSS - baseline) / connections")
+        ax2.set_ylim(bottom=0)
+        handles = ax.get_legend_handles_labels()
+        handles2 = ax2.get_legend_handles_labels()
+        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8, loc="upper left")
+        ax.set_title("Memory vs connections")
+        written.append(_save(fig, directory, "memory_vs_connections.png"))
+    return written
+
+
+def _save(fig, directory, name):
+    path = os.path.join(directory, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
