@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the tests need: redis-server (tests start their own), Chromium and its
-# driver (browser tests drive /usr/bin/chromium; no browser is downloaded).
+# driver (browser tests drive /usr/bin/chromium; no browser is downloaded), an emoji font.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# so screenshots show emoji as people's browsers do
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

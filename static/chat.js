@@ -143,17 +143,27 @@
       }
     });
     box.addEventListener("input", () => autosize(box));
+    // After a send over the socket, the next error line (if any) is that message's
+    // verdict: give the refused text back to edit. Our own row arriving means it was
+    // stored.
+    let awaitingVerdict = false;
     document.body.addEventListener("htmx:wsAfterSend", () => {
       const error = $("chat-error");
       if (error) error.textContent = "";
       clearComposer();
+      awaitingVerdict = true;
     });
-    // A refused message comes back as an error line: give the text back to edit.
-    document.body.addEventListener("htmx:oobAfterSwap", (event) => {
-      const target = event.detail && event.detail.target;
-      if (target && target.id === "chat-error" && target.textContent.trim() && !box.value) {
-        box.value = lastSent;
-        autosize(box);
+    document.body.addEventListener("htmx:wsAfterMessage", (event) => {
+      if (!awaitingVerdict) return;
+      const error = $("chat-error");
+      if (error && error.textContent.trim()) {
+        awaitingVerdict = false;
+        if (!box.value) {
+          box.value = lastSent;
+          autosize(box);
+        }
+      } else if (String(event.detail.message).includes("data-handle=")) {
+        awaitingVerdict = false;
       }
     });
   }

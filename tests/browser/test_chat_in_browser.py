@@ -1,0 +1,259 @@
+"""The chat as people use it: real Chromium pages against a real server."""
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+ROW_SCRIPT = """els => els.map(e => [Number(e.id.slice(8)), e.querySelector('.handle').textContent,
+                                     e.querySelector('.text').innerText])"""
+
+
+def rows(page):
+    return page.eval_on_selector_all("#chat .msg", ROW_SCRIPT)
+
+
+def texts(page):
+    return [text for _, _, text in rows(page)]
+
+
+def wait_live(page):
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
+
+
+def say(page, message, handle=None):
+    if handle is not None:
+        page.fill("#handle", handle)
+    page.fill("#message", message)
+    page.press("#message", "Enter")
+
+
+def test_two_pages_see_each_other_at_once(server, open_page):
+    server.open_room("pair")
+    ann = open_page(server.url + "/pair/")
+    bob = open_page(server.url + "/pair/")
+    wait_live(ann)
+    wait_live(bob)
+    started = time.monotonic()
+    say(ann, "hello from ann", handle="ann")
+    for page in (ann, bob):
+        expect(page.locator("#chat .msg")).to_have_count(1, timeout=1000)
+    assert time.monotonic() - started < 1.0
+    expect(ann.locator("#message")).to_have_value("")
+    assert ann.evaluate("document.activeElement.id") == "message"
+    say(bob, "hi ann, bob here", handle="bob")
+    for page in (ann, bob):
+        expect(page.locator("#chat .msg")).to_have_count(2, timeout=1000)
+        assert texts(page) == ["hello from ann", "hi ann, bob here"]
+    # own messages are told apart from others'
+    assert ann.locator("#chat .msg.mine").count() == 1
+    assert "hello" in ann.locator("#chat .msg.mine").inner_text()
+
+
+def test_shift_enter_makes_a_new_line_and_newlines_survive(server, open_page):
+    server.open_room("lines")
+    page = open_page(server.url + "/lines/")
+    wait_live(page)
+    page.fill("#handle", "ann")
+    page.click("#message")
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat .msg")).to_have_count(1)
+    assert texts(page) == ["first line\nsecond line"]
+
+
+def test_without_javascript_the_form_still_posts(server, open_page):
+    server.open_room("plain")
+    page = open_page(server.url + "/plain/", java_script_enabled=False)
+    page.fill("#handle", "nojs")
+    page.fill("#message", "posted the old way")
+    page.click("button[type=submit]")
+    page.wait_for_url(server.url + "/plain/")
+    assert rows(page)[-1][1:] == ["nojs", "posted the old way"]
+    page.fill("#handle", "nojs")
+    page.fill("#message", "  ")  # the browser's own check is bypassed below
+    page.evaluate("document.querySelector('#message').removeAttribute('required')")
+    page.click("button[type=submit]")
+    expect(page.locator("#chat-error")).to_have_text("message is empty")
+
+
+def test_the_embed_updates_live(server, open_page):
+    server.open_room("shown")
+    server.post_json("shown", "ann", "before the embed opened")
+    embed = open_page(server.url + "/shown/embed")
+    expect(embed.locator("#status")).to_have_attribute("data-state", "live")
+    assert texts(embed) == ["before the embed opened"]
+    server.socket("shown").send("bob", "live into the embed")
+    expect(embed.locator("#chat .msg")).to_have_count(2, timeout=2000)
+    assert texts(embed)[-1] == "live into the embed"
+    assert embed.locator("form").count() == 0
+
+
+def test_the_embed_works_in_an_iframe_of_another_origin(server, open_page, tmp_path):
+    """A page served from another origin frames the embed and sees messages live."""
+    import subprocess
+    import sys
+
+    from ..support import free_port, wait_for
+
+    server.open_room("framed")
+    (tmp_path / "host.html").write_text(
+        f'<h1>A blog</h1><iframe id="chat" src="{server.url}/framed/embed" width="400" height="400"></iframe>'
+    )
+    port = free_port()
+    host = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/host.html"), message="the host page")
+        page = open_page(f"http://127.0.0.1:{port}/host.html")
+        frame = page.frame_locator("#chat")
+        expect(frame.locator("#status")).to_have_attribute("data-state", "live")
+        server.post_json("framed", "ann", "seen through the frame")
+        expect(frame.locator("#chat .msg")).to_have_count(1, timeout=2000)
+    finally:
+        host.kill()
+
+
+def _answers(url):
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_new_lands_in_a_fresh_room_that_works_at_once(server, open_page):
+    page = open_page(server.url + "/")
+    page.click("#new-room")
+    page.wait_for_url(f"{server.url}/*/")
+    label = page.url.rstrip("/").rsplit("/", 1)[-1]
+    assert page.locator("#room-name").inner_text() == label
+    assert page.locator("#chat .msg").count() == 0
+    wait_live(page)
+    say(page, "first words", handle="ann")
+    expect(page.locator("#chat .msg")).to_have_count(1)
+    assert server.get(f"/api/rooms/{label}/messages").json()["messages"][0]["message"] == "first words"
+
+
+def test_a_refused_message_shows_why_and_keeps_the_text(server, open_page):
+    server.open_room("refusal")
+    page = open_page(server.url + "/refusal/")
+    wait_live(page)
+    page.evaluate("document.querySelector('#message').removeAttribute('maxlength')")
+    long_text = "x" * 2001
+    say(page, long_text, handle="ann")
+    expect(page.locator("#chat-error")).to_contain_text("longer than 2000")
+    expect(page.locator("#message")).to_have_value(long_text)
+    assert page.locator("#chat .msg").count() == 0
+
+
+def test_websockets_blocked_the_page_falls_back_to_the_event_stream(server, open_page):
+    server.open_room("blocked")
+    blocked = open_page()
+    blocked.route_web_socket("**/ws/**", lambda socket: socket.close())  # never reaches the server
+    blocked.goto(server.url + "/blocked/")
+    expect(blocked.locator("#status")).to_have_attribute("data-state", "fallback", timeout=10_000)
+    other = open_page(server.url + "/blocked/")
+    wait_live(other)
+    say(other, "to the blocked page", handle="bob")
+    expect(blocked.locator("#chat .msg")).to_have_count(1, timeout=3000)
+    say(blocked, "from the blocked page", handle="ann")
+    for page in (blocked, other):
+        expect(page.locator("#chat .msg")).to_have_count(2, timeout=3000)
+        assert texts(page) == ["to the blocked page", "from the blocked page"]
+    expect(blocked.locator("#message")).to_have_value("")
+
+
+def test_the_page_reconnects_after_a_restart_and_misses_nothing(live, redis_server, tmp_path, open_page):
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    first = live("first", database_url=database, REDIS_URL=redis_server.url)
+    other = live("other", database_url=database, REDIS_URL=redis_server.url)
+    first.open_room("restart")
+    page = open_page(first.url + "/restart/")
+    wait_live(page)
+    other.post_json("restart", "ann", "before the restart")
+    expect(page.locator("#chat .msg")).to_have_count(1)
+    first.stop()  # SIGTERM: sockets are closed with 1012, the page starts reconnecting
+    expect(page.locator("#status")).not_to_have_attribute("data-state", "live")
+    for n in range(3):
+        other.post_json("restart", "ann", f"while it was down {n}")
+    live("first-again", database_url=database, port=first.port, REDIS_URL=redis_server.url)
+    expect(page.locator("#chat .msg")).to_have_count(4, timeout=15_000)
+    wait_live(page)
+    other.post_json("restart", "ann", "after")
+    expect(page.locator("#chat .msg")).to_have_count(5)
+    ids = [row[0] for row in rows(page)]
+    assert ids == sorted(set(ids))
+    assert texts(page) == ["before the restart"] + [f"while it was down {n}" for n in range(3)] + ["after"]
+
+
+XSS = [
+    "<script>alert('script')</script>",
+    "<img src=x onerror=alert('img')>",
+    "<svg onload=alert('svg')></svg>",
+    "<a href=\"javascript:alert('link')\">click me</a>",
+    '<div hx-get="/api/rooms" hx-trigger="load">htmx</div>',
+    '<div hx-swap-oob="innerHTML:#chat">wiped</div>',
+    '<iframe src="javascript:alert(1)"></iframe>',
+    "\"><script>alert('attr')</script>",
+]
+
+
+def test_hostile_text_is_shown_as_text_and_does_nothing(server, open_page):
+    server.open_room("hostile")
+    page = open_page(server.url + "/hostile/")
+    dialogs, requests = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("request", lambda request: requests.append(request.url))
+    wait_live(page)
+    sender = server.socket("hostile")
+    for payload in XSS:
+        sender.send(payload[:50], payload)
+    expect(page.locator("#chat .msg")).to_have_count(len(XSS), timeout=3000)
+    page.reload()
+    wait_live(page)
+    page.wait_for_timeout(500)
+    assert dialogs == []
+    assert not [url for url in requests if "/api/" in url or url.endswith("/x")]
+    assert texts(page) == XSS
+    assert page.locator("#chat script, #chat img, #chat svg, #chat a, #chat iframe, #chat [hx-get]").count() == 0
+
+
+SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_screenshots(server, open_page, screenshot, size):
+    """Home, room and embed at phone and desktop widths (written to artifacts/screenshots)."""
+    server.open_room("design-review")
+    for handle, message in [
+        ("ann", "Morning! Is the deploy still on for 10:00?"),
+        ("bob", "Yes. Redis is upgraded, the workers restart one by one."),
+        ("ann", "Great. I'll watch /metrics while it happens."),
+        ("chen", "Reconnects are automatic, nobody should notice 👍"),
+    ]:
+        server.post_json("design-review", handle, message)
+    server.open_room("release-notes")
+    viewport = SIZES[size]
+    home = open_page(server.url + "/", viewport=viewport)
+    screenshot(home, f"home-{size}")
+    room = open_page(server.url + "/design-review/", viewport=viewport)
+    wait_live(room)
+    room.fill("#handle", "ann")
+    room.evaluate("document.querySelectorAll('#chat .msg').forEach(r => r.classList.toggle('mine', r.dataset.handle === 'ann'))")
+    screenshot(room, f"room-{size}")
+    embed = open_page(server.url + "/design-review/embed", viewport=viewport)
+    expect(embed.locator("#status")).to_have_attribute("data-state", "live")
+    screenshot(embed, f"embed-{size}")
+    # no horizontal scrolling at this width
+    assert room.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # the newest message is in view and the composer is on screen
+    last = room.locator("#chat .msg").last.bounding_box()
+    composer = room.locator("#chatform").bounding_box()
+    assert last["y"] + last["height"] <= composer["y"] + 1
+    assert composer["y"] + composer["height"] <= viewport["height"] + 1
