@@ -67,15 +67,20 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Watch for the worker being asked to stop, and close every socket with 1012 at
-    once (clients reconnect to a live worker) instead of waiting out graceful_timeout."""
+    """Start the worker's real-time loops (its Redis subscription) now that it has forked;
+    then watch for it being asked to stop, and close every socket with 1012 (clients
+    reconnect to a live worker) instead of waiting out graceful_timeout."""
     import gevent
+
+    worker.wsgi.extensions["chat.realtime"].start()
 
     def drain_when_stopping():
         while worker.alive:
             gevent.sleep(0.25)
-        realtime = worker.wsgi.extensions.get("chat.realtime")
-        if realtime is not None:
-            realtime.drain()
+        # gunicorn's gevent worker stops accepting within a second of being told to stop
+        # (its loop ticks once a second); draining after that sends reconnecting clients
+        # to the other workers instead of back to this one.
+        gevent.sleep(1.1)
+        worker.wsgi.extensions["chat.realtime"].drain()
 
     gevent.spawn(drain_when_stopping)

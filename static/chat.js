@@ -28,8 +28,10 @@
   }
 
   // Every (re)connection resumes after the newest row shown: the server replays what
-  // was missed, so nothing is lost and nothing doubled.
+  // was missed, so nothing is lost and nothing doubled. Reconnect attempts back off with
+  // full jitter, but never wait more than 5 s (htmx's default grows to 64 s).
   if (window.htmx) {
+    htmx.config.wsReconnectDelay = (retries) => Math.random() * Math.min(5000, 500 * 2 ** retries);
     htmx.createWebSocket = function (url) {
       const socket = new WebSocket(withLastId(url));
       socket.binaryType = htmx.config.wsBinaryType;
@@ -182,11 +184,16 @@
   let openedAt = 0;
   let stream = null;
 
+  // A failed socket counts towards the fallback only if the server answers plain HTTP
+  // and is healthy: while it is down or restarting, both would fail alike.
   function failure() {
-    const now = Date.now();
-    failures = failures.filter((t) => now - t < FALLBACK_WINDOW);
-    failures.push(now);
-    if (failures.length >= FALLBACK_FAILURES) useStream();
+    fetch("/healthz", { cache: "no-store" }).then((response) => {
+      if (!response.ok) return;
+      const now = Date.now();
+      failures = failures.filter((t) => now - t < FALLBACK_WINDOW);
+      failures.push(now);
+      if (failures.length >= FALLBACK_FAILURES) useStream();
+    }, () => { /* unreachable: not a blocked socket */ });
   }
 
   function useStream() {

@@ -202,6 +202,29 @@ class LiveServer:
             return []
         return [int(pid) for pid in out.split()]
 
+    def worker_holding(self, client_port):
+        """The pid of the worker whose socket is connected to a client's local port."""
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as rows:
+                for row in list(rows)[1:]:
+                    fields = row.split()
+                    local, remote = fields[1], fields[2]
+                    if int(local.rsplit(":", 1)[1], 16) == self.port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        for pid in self.worker_pids():
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except FileNotFoundError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                        return pid
+                except OSError:
+                    continue
+        return None
+
     def log(self):
         try:
             return self.log_path.read_text(errors="replace")

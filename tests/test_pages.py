@@ -219,3 +219,17 @@ def test_the_form_post_reaches_the_database_once(client, csrf_token):
     post(client, "lobby", csrf_token(client), handle="a", message="once")
     with using_db(client.application):
         assert Message.select().where(Message.message == "once").count() == 1
+
+
+def test_an_unreachable_database_is_a_503_page_and_json_never_a_500(tmp_path):
+    from webapp import create_app
+
+    app = create_app({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "SECRET_KEY": "x"})
+    client = app.test_client()
+    page = client.get("/lobby/")
+    assert page.status_code == 503 and page.headers["Retry-After"] == "2"
+    assert "not reachable" in page.get_data(as_text=True)
+    api = client.get("/api/rooms")
+    assert api.status_code == 503 and "nothing was stored" in api.get_json()["error"]
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["db"] == "error"

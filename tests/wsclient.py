@@ -10,6 +10,7 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
+from gevent.lock import Semaphore
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -21,7 +22,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 
 class Refused(Exception):
@@ -42,18 +43,29 @@ class Closed(Exception):
 
 
 class WSClient:
-    def __init__(self, url, origin=None, headers=(), timeout=10):
+    def __init__(self, url, origin=None, headers=(), timeout=10, receive_buffer=None):
+        """``receive_buffer`` (bytes) fixes the kernel's receive buffer before connecting,
+        turning off its autotuning: a client that stops reading then fills up quickly."""
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        self.sock = socket.socket()
+        self.sock.settimeout(timeout)
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.connect((parts.hostname, parts.port))
         self.ws = WSConnection(ConnectionType.CLIENT)
         extra = list(headers) + ([("Origin", origin)] if origin else [])
         self.sock.sendall(self.ws.send(Request(host=parts.netloc, target=target, extra_headers=extra)))
         self._inbox = deque()
         self._partial = None
+        self._send_lock = Semaphore()  # a reader greenlet answers pings while others send
         self.closed = None
         while True:
-            events = self._read(timeout)
+            try:
+                events = self._read(timeout)
+            except RemoteProtocolError:
+                self.sock.close()
+                raise ConnectionError("the server closed during the handshake") from None
             for index, event in enumerate(events):
                 if isinstance(event, AcceptConnection):
                     self._handle(events[index + 1:])  # frames in the same packet as the 101
@@ -83,7 +95,8 @@ class WSClient:
                     self._inbox.append(self._partial)
                     self._partial = None
             elif isinstance(event, Ping):
-                self.sock.sendall(self.ws.send(event.response()))
+                with self._send_lock:
+                    self.sock.sendall(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 if self.closed is None:
                     self.closed = Closed(event.code, event.reason or "")
@@ -95,7 +108,11 @@ class WSClient:
 
     def send(self, data):
         message = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
-        self.sock.sendall(self.ws.send(message))
+        with self._send_lock:
+            try:
+                self.sock.sendall(self.ws.send(message))
+            except LocalProtocolError:
+                raise OSError("the connection is closing") from None
 
     def recv(self, timeout=5):
         """The next message (``str`` or ``bytes``) within ``timeout`` seconds (pings are

@@ -56,6 +56,10 @@ def open_database(url, pool_size=20):
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
         options.update(pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    elif scheme.startswith("postgres"):
+        # An unreachable server fails a unit of work in seconds, not after TCP's minutes.
+        options.update(connect_timeout=3, keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                       keepalives_count=3)
     return db_url.connect(f"{scheme}://{rest}", **options)
 
 
@@ -80,7 +84,17 @@ def connection():
         with database.connection_context():
             yield
     except (OperationalError, InterfaceError) as exc:
+        forget_idle_connections()
         raise StorageUnavailable(str(exc)) from exc
+
+
+def forget_idle_connections():
+    """After a connection-level failure the pool's idle connections are suspect (a
+    restarted server left them all dead): close them, so the next unit of work opens a
+    fresh one instead of failing once per stale connection."""
+    close_idle = getattr(database.obj, "close_idle", None)
+    if close_idle is not None:
+        close_idle()
 
 
 def write_transaction(work, *args):
@@ -138,6 +152,7 @@ def _open_for_request():
     try:
         context.__enter__()
     except (OperationalError, InterfaceError) as exc:
+        forget_idle_connections()
         raise StorageUnavailable(str(exc)) from exc
     g.db_context = context
 

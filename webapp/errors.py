@@ -2,10 +2,12 @@
 
 import logging
 
-from flask import jsonify, render_template, request
+from flask import jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from .db import StorageUnavailable
+from peewee import InterfaceError, OperationalError
+
+from . import db
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +18,11 @@ def _wants_json():
 
 def _answer(status, title, reason):
     if _wants_json():
-        return jsonify(error=reason), status
-    return render_template("error.html", status=status, title=title, reason=reason), status
+        response = jsonify(error=reason)
+    else:
+        response = make_response(render_template("error.html", status=status, title=title, reason=reason))
+    response.status_code = status
+    return response
 
 
 def _http_error(exc):
@@ -25,10 +30,12 @@ def _http_error(exc):
 
 
 def _storage_unavailable(exc):
+    if not isinstance(exc, db.StorageUnavailable):  # raised by a view's own query
+        db.forget_idle_connections()
     log.error("database unavailable: %s", exc)
     reason = "The message store is not reachable right now; nothing was stored. Try again shortly."
     response = _answer(503, ServiceUnavailable.name, reason)
-    response[0].headers["Retry-After"] = "2"
+    response.headers["Retry-After"] = "2"
     return response
 
 
@@ -39,5 +46,6 @@ def _unexpected(exc):
 
 def init_app(app):
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(StorageUnavailable, _storage_unavailable)
+    for error in (db.StorageUnavailable, OperationalError, InterfaceError):
+        app.register_error_handler(error, _storage_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -16,6 +16,7 @@ from gevent.queue import Full, Queue
 
 from . import chat, db, metrics
 from .hub import Listener
+from .websocket import limit_send_buffer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
@@ -85,6 +86,8 @@ def stream(label):
         abort(404, description=f"There is no room {label!r}.")
     if realtime.draining:
         abort(503, description="The server is restarting.")
+    if "gunicorn.socket" in request.environ:
+        limit_send_buffer(request.environ["gunicorn.socket"], config["SOCKET_SEND_BUFFER"])
     listener = StreamListener(config["REPLAY_MAX"] + QUEUE_SLACK, config["SSE_HEARTBEAT"])
     after = _resume_from()
     realtime.join(listener, room, after)

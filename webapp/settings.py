@@ -78,6 +78,9 @@ def defaults(instance_path):
         # Delivery: how far a client may fall behind before it is dropped.
         "SEND_BACKLOG_MAX_BYTES": 512 * 1024,
         "SEND_BACKLOG_MAX_SECONDS": 10.0,
+        # The kernel's send buffer per socket or stream (fixed: Linux would otherwise
+        # autotune it up to megabytes for a client that stopped reading).
+        "SOCKET_SEND_BUFFER": 256 * 1024,
     }
 
 
@@ -149,6 +152,7 @@ PARSERS = {
     "PRESENCE_TTL": _float("PRESENCE_TTL"),
     "SEND_BACKLOG_MAX_BYTES": _int("SEND_BACKLOG_MAX_BYTES", 1024),
     "SEND_BACKLOG_MAX_SECONDS": _float("SEND_BACKLOG_MAX_SECONDS"),
+    "SOCKET_SEND_BUFFER": _int("SOCKET_SEND_BUFFER", 4096),
 }
 
 

@@ -119,6 +119,7 @@ def _serve(server, read_frame, reply_error):
         server,
         config["FRAME_MAX"],
         (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
+        send_buffer=config["SOCKET_SEND_BUFFER"],
         on_drop=lambda reason: _dropped(address, reason),
     )
     if room is None:

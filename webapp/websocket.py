@@ -52,6 +52,15 @@ def text_frame(text):
     return bytes(_encoder.send_data(text, fin=True))
 
 
+def limit_send_buffer(sock, size):
+    """Fix a socket's kernel send buffer: a peer that stops reading then fills it soon,
+    and the rest waits in our own bounded backlog instead of megabytes of kernel memory."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
+
+
 class CallerReads:
     """Passed to simple-websocket as ``thread_class``: start no reader greenlet.
 
@@ -90,10 +99,13 @@ class WebSocket:
         "on_drop",
     )
 
-    def __init__(self, server, max_message, backlog_limits, on_drop=None):
-        """``server`` is flask-sock's handshaken simple_websocket.Server."""
+    def __init__(self, server, max_message, backlog_limits, send_buffer=None, on_drop=None):
+        """``server`` is flask-sock's handshaken simple_websocket.Server; ``send_buffer``
+        fixes the kernel's send buffer (bytes)."""
         self._server = server
         self._sock = server.sock
+        if send_buffer:
+            limit_send_buffer(self._sock, send_buffer)
         self._ws = server.ws
         self._max_message = max_message
         self._backlog = None

@@ -257,3 +257,28 @@ def test_screenshots(server, open_page, screenshot, size):
     composer = room.locator("#chatform").bounding_box()
     assert last["y"] + last["height"] <= composer["y"] + 1
     assert composer["y"] + composer["height"] <= viewport["height"] + 1
+
+
+@pytest.mark.parametrize("path", ["/away/", "/away/embed"])
+def test_away_for_more_than_five_hundred_the_page_reloads_its_history(live, redis_server, tmp_path, open_page, path):
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    first = live("first", database_url=database, REDIS_URL=redis_server.url)
+    other = live("other", database_url=database, REDIS_URL=redis_server.url, RATE_LIMIT="0")
+    first.open_room("away")
+    other.post_json("away", "ann", "before")
+    page = open_page(first.url + path)
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    expect(page.locator("#chat .msg")).to_have_count(1)
+    first.stop()
+    for n in range(510):
+        other.post_json("away", "bob", f"missed {n}")
+    live("first-again", database_url=database, port=first.port, REDIS_URL=redis_server.url)
+    # not a silent partial replay: the latest 50, then live again
+    expect(page.locator("#chat .msg .text").first).to_have_text("missed 460", timeout=20_000)
+    expect(page.locator("#chat .msg")).to_have_count(50)
+    assert texts(page) == [f"missed {n}" for n in range(460, 510)]
+    expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    other.post_json("away", "bob", "back to live")
+    expect(page.locator("#chat .msg").last).to_contain_text("back to live")
+    ids = [row[0] for row in rows(page)]
+    assert ids == sorted(set(ids))

@@ -1,0 +1,249 @@
+"""Faults caused for real: Redis killed or dropping its subscribers, a worker killed with
+SIGKILL, a restart and a reload, the database unreachable or locked, a client that stops
+reading. What users would notice is asserted, and messages are counted: every message
+acknowledged to its sender is stored once and reaches every client that stays, once."""
+
+import os
+import signal
+import sqlite3
+import time
+
+import gevent
+import pytest
+
+from .chaos import Participant, TCPProxy, assert_nothing_lost, stored_messages
+from .support import free_port, wait_for
+from .wsclient import Closed, WSClient
+
+pytestmark = pytest.mark.live
+
+
+def people(server, label, count):
+    return [Participant(lambda: server.ws_url(f"/chat/{label}/"), label, f"p{i}").start() for i in range(count)]
+
+
+def chat_for(participants, rounds, tag, pause=0.02):
+    for n in range(rounds):
+        for person in participants:
+            person.send(f"{tag} {n} from {person.name}")
+        gevent.sleep(pause)
+
+
+def health(server):
+    response = server.get("/healthz")
+    return response.status_code, response.json()
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=own_redis.url, BROKER_BACKOFF_MAX="0.5")
+    server.open_room("outage")
+    crowd = people(server, "outage", 8)
+    chat_for(crowd, 5, "before")
+    own_redis.kill()
+    wait_for(lambda: health(server) == (503, {"status": "degraded", "db": "ok", "broker": "error"}),
+             message="/healthz to name the broker")
+    # pages and the API keep serving; sending still stores, and senders see their message
+    assert server.get("/outage/").status_code == 200
+    assert server.post_json("outage", "api", "posted while Redis is down").status_code == 201
+    chat_for(crowd, 5, "during")
+    for person in crowd:
+        wait_for(lambda: f"during 4 from {person.name}" in person.acknowledged(), message="own echo")
+    reconnects = server.metric("chat_broker_reconnects_total")
+    own_redis.start()  # same port
+    started = time.monotonic()
+    wait_for(lambda: server.metric("chat_broker_reconnects_total") >= reconnects + 2, timeout=5,
+             message="both workers to re-subscribe within 5 s")
+    assert time.monotonic() - started < 5
+    assert health(server) == (200, {"status": "ok", "db": "ok", "broker": "ok"})
+    chat_for(crowd, 5, "after")
+    assert_nothing_lost(crowd, stored_messages(server.url, "outage"))
+
+
+def test_redis_dropping_subscribers_loses_nothing(live, own_redis):
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=own_redis.url)
+    server.open_room("dropped")
+    crowd = people(server, "dropped", 6)
+    chat_for(crowd, 3, "before")
+    reconnects = server.metric("chat_broker_reconnects_total")
+    # what Redis does to a subscriber whose output buffer overflows
+    own_redis.client().client_kill_filter(_type="pubsub")
+    chat_for(crowd, 3, "while dropped", pause=0)
+    wait_for(lambda: server.metric("chat_broker_reconnects_total") >= reconnects + 2, timeout=5,
+             message="re-subscription")
+    chat_for(crowd, 3, "after")
+    assert_nothing_lost(crowd, stored_messages(server.url, "dropped"))
+
+
+# -- workers and restarts -------------------------------------------------------------------
+
+
+def test_a_killed_worker_loses_nothing(live, redis_server):
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url)
+    server.open_room("killed")
+    crowd, holders = [], {}
+    while len(crowd) < 40 and (len(crowd) < 8 or min(map(len, holders.values()), default=0) < 2
+                               or len(holders) < 2):
+        person = people(server, "killed", 1)[0]
+        person.name = f"p{len(crowd)}"
+        crowd.append(person)
+        pid = wait_for(lambda: server.worker_holding(person.client.sock.getsockname()[1]), message="its worker")
+        holders.setdefault(pid, []).append(person)
+        gevent.sleep(0.02)
+    assert len(holders) == 2, "clients on both workers"
+    victim, survivor = holders
+    chat_for(crowd, 5, "before")
+    pump = gevent.spawn(chat_for, crowd, 20, "around the kill")
+    gevent.sleep(0.1)
+    os.kill(victim, signal.SIGKILL)
+    pump.join()
+    wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
+             message="gunicorn to replace the worker")
+    chat_for(crowd, 5, "after")
+    assert_nothing_lost(crowd, stored_messages(server.url, "killed"))
+    assert all(person.closes == [1006] for person in holders[victim]), "the killed worker's clients reconnect"
+    assert all(not person.closes for person in holders[survivor]), "the other worker's clients notice nothing"
+
+
+def test_a_restart_drains_with_1012_and_clients_resume(live, redis_server, tmp_path):
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    first = live("first", database_url=database, REDIS_URL=redis_server.url)
+    other = live("other", database_url=database, REDIS_URL=redis_server.url)
+    first.open_room("restart")
+    crowd = people(first, "restart", 6)
+    chat_for(crowd, 3, "before")
+    started = time.monotonic()
+    first.stop()  # SIGTERM
+    assert time.monotonic() - started < 5, "a stop drains at once instead of waiting out its timeout"
+    for n in range(5):
+        other.post_json("restart", "api", f"while it was down {n}")
+    live("first-again", database_url=database, port=first.port, REDIS_URL=redis_server.url)
+    chat_for(crowd, 3, "after")
+    assert_nothing_lost(crowd, stored_messages(other.url, "restart"))
+    assert all(1012 in person.closes for person in crowd)
+
+
+def test_a_graceful_reload_moves_clients_to_new_workers(live, redis_server):
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url)
+    server.open_room("reload")
+    crowd = people(server, "reload", 6)
+    chat_for(crowd, 3, "before")
+    old_workers = set(server.worker_pids())
+    server.process.send_signal(signal.SIGHUP)  # new workers start, old ones drain
+    wait_for(lambda: not old_workers & set(server.worker_pids()) and len(server.worker_pids()) == 2,
+             timeout=20, message="the new workers")
+    chat_for(crowd, 3, "after")
+    assert_nothing_lost(crowd, stored_messages(server.url, "reload"))
+    assert all(person.closes == [1012] for person in crowd), [person.closes for person in crowd]
+
+
+# -- the database ---------------------------------------------------------------------------
+
+
+def test_postgres_unreachable_then_back(live, redis_server, postgres):
+    proxy = TCPProxy(("127.0.0.1", 5432), free_port()).start()
+    database = postgres.url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url, database_url=database)
+    server.open_room("pgdown")
+    crowd = people(server, "pgdown", 4)
+    chat_for(crowd, 3, "before")
+    workers = set(server.worker_pids())
+    proxy.cut()
+    crowd[0].send("while the database is away")
+    wait_for(lambda: crowd[0].errors, message="an error frame")
+    assert crowd[0].errors[-1] == "not stored: the database is unavailable; try again"
+    response = server.post_json("pgdown", "api", "also not stored")
+    assert response.status_code == 503 and "nothing was stored" in response.json()["error"]
+    page = server.get("/pgdown/")
+    assert page.status_code == 503 and "not reachable" in page.text and "Traceback" not in page.text
+    assert health(server) == (503, {"status": "degraded", "db": "error", "broker": "ok"})
+    with pytest.raises(Closed) as closed:
+        WSClient(server.ws_url("/chat/pgdown/")).recv()
+    assert closed.value.code == 1011  # try again later
+    proxy.restore()
+    wait_for(lambda: health(server)[0] == 200, message="the database to be back")
+    chat_for(crowd, 3, "after")
+    stored = stored_messages(server.url, "pgdown")
+    assert "while the database is away" not in [m["message"] for m in stored]
+    assert "also not stored" not in [m["message"] for m in stored]
+    assert_nothing_lost(crowd, stored)
+    assert set(server.worker_pids()) == workers, "the workers survived"
+
+
+def test_sqlite_locked_too_long_is_a_clear_error_then_recovers(live, tmp_path):
+    path = tmp_path / "locked.sqlite3"
+    server = live(database_url=f"sqlite:///{path}", DATABASE_WRITE_TIMEOUT="1")
+    server.open_room("locked")
+    crowd = people(server, "locked", 2)
+    chat_for(crowd, 2, "before")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program holding the write lock
+    try:
+        crowd[0].send("blocked")
+        wait_for(lambda: crowd[0].errors, timeout=5, message="an error frame")
+        assert "database is unavailable" in crowd[0].errors[-1]
+        assert server.get("/locked/").status_code == 200  # readers are not blocked (WAL)
+        assert server.post_json("locked", "api", "blocked too").status_code == 503
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    chat_for(crowd, 2, "after")
+    stored = stored_messages(server.url, "locked")
+    assert {"blocked", "blocked too"}.isdisjoint(m["message"] for m in stored)
+    assert_nothing_lost(crowd, stored)
+
+
+# -- slow clients ---------------------------------------------------------------------------
+
+
+def _latencies(participant, tag):
+    """Seconds from sending to arriving, for this client's messages of a burst."""
+    return [
+        participant.arrived[i] - float(m["message"].split()[-1]) for i, m in participant.messages.items()
+        if m["message"].startswith(tag)
+    ]
+
+
+def _p99(values):
+    values = sorted(values)
+    return values[int(len(values) * 0.99) - 1] if values else 0.0
+
+
+def _timed_burst(sender, readers, tag, count, size):
+    arrival = {}
+    padding = "x" * size
+    for n in range(count):
+        sender.send(f"{tag} {n} {padding} {time.time()}")
+        gevent.sleep(0.005)
+    wait_for(lambda: all(sum(1 for m in r.messages.values() if m["message"].startswith(tag)) == count
+                         for r in readers), timeout=20, message=f"{tag} to arrive")
+    for reader in readers:
+        arrival[reader.name] = _latencies(reader, tag)
+    return _p99([value for values in arrival.values() for value in values])
+
+
+def test_a_client_that_stops_reading_never_slows_the_others(live):
+    server = live(SEND_BACKLOG_MAX_BYTES="262144", MAX_CONNECTIONS_PER_ADDRESS=0, RATE_LIMIT="0")
+    server.open_room("slow")
+    readers = people(server, "slow", 10)
+    sender = readers[0]
+    worker = server.worker_pids()[0]
+    rss_before = _rss(worker)
+    baseline = _timed_burst(sender, readers, "calm", 200, 1000)
+    stuck = WSClient(server.ws_url("/chat/slow/"), receive_buffer=4096)  # never reads from here on
+    with_slow = _timed_burst(sender, readers, "busy", 1000, 1000)
+    assert with_slow <= max(2 * baseline, 0.05), f"p99 {with_slow:.4f}s with a stuck client, {baseline:.4f}s without"
+    wait_for(lambda: server.metric("chat_dropped_clients_total", reason="slow") == 1, timeout=15,
+             message="the stuck client to be dropped")
+    assert _rss(worker) - rss_before < 40 * 1024 * 1024, "the worker's memory stays bounded"
+    assert_nothing_lost(readers, stored_messages(server.url, "slow"))
+
+
+def _rss(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
