@@ -33,6 +33,27 @@ def _integrity(result):
     return ", ".join(parts)
 
 
+def _per_delivery(step, key="server_cpu_us_per_delivery"):
+    """Server CPU per delivery, where there were enough deliveries for the 10 ms CPU-time
+    ticks and the idle loops (pings, sweeps) not to dominate it."""
+    if step.get("received", 0) < 1000:
+        return "-"
+    return _fmt(step.get(key))
+
+
+def _fate(fate):
+    text = f"received {fate['received']}/{fate['expected']}"
+    if fate.get("connection_ended"):
+        code = fate["close_code"]
+        how = f"close frame {code}" if code is not None else "no close frame (TCP closed: 1006)"
+        text += f"; dropped by the server ({how})"
+    else:
+        text += "; still connected (not dropped)"
+    if not fate.get("got_gapless_prefix", True):
+        text += "; NOT a gapless prefix of what was sent"
+    return text
+
+
 def tables(results):
     out = []
     cap = results.get("capacity")
@@ -61,7 +82,7 @@ def tables(results):
                 lat, comp = s["latency_ms"], s["completion_ms"]
                 rows.append([
                     s["size"], s["messages"], f"{s['received']}/{s['expected']}", _fmt(lat["p50"]),
-                    _fmt(lat["p99"]), _fmt(lat["max"]), _fmt(comp["p50"]), _fmt(s["server_cpu_us_per_delivery"]),
+                    _fmt(lat["p99"]), _fmt(lat["max"]), _fmt(comp["p50"]), _per_delivery(s),
                     _integrity(s),
                 ])
             out.append(_table(
@@ -75,19 +96,21 @@ def tables(results):
         rows = []
         for run in tp.get("runs", []):
             if run.get("error"):
-                rows.append([run["config"], run.get("shape", ""), "error", run["error"][:60], "", "", "", "", "", ""])
+                rows.append([run["config"], run.get("shape", ""), "error", run["error"][:60]] + [""] * 7)
                 continue
             for s in run["steps"]:
                 rows.append([
                     run["config"], f"{run['rooms']}x{run['per_room']}", s["offered_deliveries_per_s"],
                     _fmt(s["deliveries_per_s"], 0), _fmt(s["latency_ms"]["p50"]), _fmt(s["latency_ms"]["p99"]),
-                    _fmt(s["server_cpu_us_per_delivery"]), _fmt(s["server_cpu_pct"], 0), _fmt(s["loadgen_cpu_pct"], 0),
+                    _per_delivery(s), _per_delivery(s, "redis_db_cpu_us_per_delivery"),
+                    "/".join(_fmt(p, 0) for p in s.get("worker_cpu_pct", [])),
+                    _fmt(s["loadgen_cpu_pct"], 0),
                     "ok" if s["passed"] else "FAIL " + "; ".join(s["problems"]),
                 ])
         out.append(_table(
             "(c) throughput: 2 senders per room, rising offered load (deliveries/s)",
-            ["config", "rooms", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv us/deliv", "srv CPU%",
-             "gen CPU%", "verdict"],
+            ["config", "rooms", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv us/deliv", "redis+db us",
+             "worker CPU%", "gen CPU%", "verdict"],
             rows,
         ))
         summary = [
@@ -111,8 +134,7 @@ def tables(results):
             f"~{slow['approx_frame_bytes']} B for {slow['seconds']}s; {slow['cluster']})",
             ["slow client", "delivered", "p50 ms", "p99 ms", "max ms", "integrity (others)"],
             rows,
-        ) + f"\n  the slow client itself: received {fate['received']}/{fate['expected']}, "
-            f"close code {fate['close_code']} ({'dropped by the server' if fate['close_code'] == 1013 else 'not dropped'})")
+        ) + "\n  the slow client itself: " + _fate(fate))
     errors = [f"{k}: {v['error']}" for k, v in results.items() if isinstance(v, dict) and v.get("error")]
     if errors:
         out.append("errors:\n  " + "\n  ".join(errors))
@@ -154,14 +176,15 @@ def plots(results, directory):
         top = 0
         for run in runs:
             label = f"{run['config']} {run['rooms']}x{run['per_room']}"
-            offered = [s["offered_deliveries_per_s"] for s in run["steps"]]
-            got = [s["deliveries_per_s"] or 0 for s in run["steps"]]
+            steps = sorted(run["steps"], key=lambda s: s["offered_deliveries_per_s"])  # refining steps come last
+            offered = [s["offered_deliveries_per_s"] for s in steps]
+            got = [s["deliveries_per_s"] or 0 for s in steps]
             top = max(top, *offered, *got)
             line, = ax.plot(offered, got, "-o", label=label)
-            for s in run["steps"]:
+            for s in steps:
                 if not s["passed"]:
                     ax.plot([s["offered_deliveries_per_s"]], [s["deliveries_per_s"] or 0], "x", color="red", ms=10)
-            ax2.plot(offered, [s["latency_ms"]["p99"] for s in run["steps"]], "-o", color=line.get_color(), label=label)
+            ax2.plot(offered, [s["latency_ms"]["p99"] for s in steps], "-o", color=line.get_color(), label=label)
         ax.plot([0, top], [0, top], ":", color="grey", label="delivered = offered")
         ax.set_xlabel("offered deliveries/s")
         ax.set_ylabel("delivered deliveries/s")

@@ -41,10 +41,12 @@ PRESETS = {
         "step_seconds": 10.0,
         "drain_seconds": 5.0,
         "throughput_budget": 150,
-        "slow_members": 100,
-        "slow_rate": 50.0,
+        "throughput_total_budget": 1500,
+        "refine": 2,
+        "slow_members": 50,
+        "slow_rate": 150.0,
         "slow_seconds": 15.0,
-        "slow_padding": 1000,
+        "slow_padding": 1900,
     },
     "quick": {
         "capacity_steps": [200, 1000],
@@ -59,6 +61,8 @@ PRESETS = {
         "step_seconds": 1.5,
         "drain_seconds": 2.0,
         "throughput_budget": 15,
+        "throughput_total_budget": 45,
+        "refine": 0,
         "slow_members": 30,
         "slow_rate": 20.0,
         "slow_seconds": 3.0,
@@ -98,10 +102,14 @@ def parse_args(argv=None):
     group.add_argument("--steps", type=_ints, help="throughput offered loads (deliveries/s), e.g. 1000,2000,4000")
     group.add_argument("--step-seconds", type=float, help="seconds of sending per throughput step")
     group.add_argument("--drain-seconds", type=float, help="how long to wait for stragglers after sending")
+    group.add_argument("--refine", type=int, help="throughput: extra steps between the last pass and the first fail")
+    group.add_argument("--throughput-budget", type=float, help="throughput: seconds per cluster and shape")
+    group.add_argument("--throughput-total-budget", type=float, help="throughput: seconds for the whole scenario")
     group.add_argument("--p99-limit", type=float, default=250.0, help="throughput: a step fails above this p99 (ms)")
     group.add_argument("--slow-members", type=int)
     group.add_argument("--slow-rate", type=float, help="messages/s in the slow-client room")
     group.add_argument("--slow-seconds", type=float)
+    group.add_argument("--slow-padding", type=int, help="characters added to each slow-scenario message")
     group.add_argument("--concurrency", type=int, default=200, help="connection handshakes in flight at once")
     group.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory (server logs)")
     args = parser.parse_args(argv)
@@ -159,6 +167,7 @@ class Lab:
         self.count = 0
         self.pg_ok = None
         self.warnings = {}
+        self.throughput_started = None
 
     def boot(self, spec, broker="redis"):
         db, servers, workers = parse_config(spec)
@@ -291,6 +300,12 @@ async def run_all(args, resources, results, save):
         for spec in args.configs:
             if spec == shared_spec:
                 continue
+            if lab.throughput_started is not None and (
+                time.monotonic() - lab.throughput_started > args.throughput_total_budget - args.step_seconds
+            ):
+                log(f"throughput {spec}: skipped, the scenario's time budget is spent")
+                throughput_runs.append({"config": spec, "error": "skipped: throughput time budget spent"})
+                continue
             try:
                 cluster = lab.boot(spec)
             except Exception as exc:  # noqa: BLE001
@@ -310,9 +325,16 @@ async def run_all(args, resources, results, save):
 
 async def _throughput(args, lab, cluster, shape, guarded):
     rooms, per_room = (int(x) for x in shape.lower().split("x"))
+    if lab.throughput_started is None:
+        lab.throughput_started = time.monotonic()
+    left = args.throughput_total_budget - (time.monotonic() - lab.throughput_started)
+    if left < args.step_seconds + args.drain_seconds:
+        log(f"throughput {cluster.spec} {shape}: skipped, the scenario's time budget is spent")
+        return {"config": cluster.spec, "shape": shape, "error": "skipped: throughput time budget spent"}
     run = await guarded(f"throughput {cluster.spec} {shape}", lambda: scenarios.throughput(
         cluster, rooms, per_room, args.steps, args.step_seconds, args.drain_seconds, args.concurrency,
-        args.throughput_budget, redis_pid=lab.redis.pid, p99_limit_ms=args.p99_limit))
+        min(args.throughput_budget, left), redis_pid=lab.redis.pid, p99_limit_ms=args.p99_limit,
+        refine=args.refine))
     run["config"] = cluster.spec
     run["shape"] = shape
     return run

@@ -168,6 +168,15 @@ class ScratchPostgres:
     def url(self):
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
 
+    def backend_pids(self):
+        """The server processes serving this database's connections (for their CPU time)."""
+        try:
+            with self.admin.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,))
+                return [row[0] for row in cur.fetchall()]
+        except Exception:  # noqa: BLE001 - CPU accounting is best effort
+            return []
+
     def stop(self):
         try:
             with self.admin.cursor() as cur:
@@ -239,7 +248,12 @@ class Server:
         self.port = free_port()
         self.workers = workers
         self.log_path = os.path.join(directory, f"{name}-{self.port}.log")
-        self.env = server_env(self.port, database_url, redis_url, workers, extra_env)
+        # Prometheus' multiprocess files of this server go in the scratch directory (and
+        # so are removed with it even if the server is killed).
+        metrics = os.path.join(directory, f"metrics-{name}")
+        os.makedirs(metrics, exist_ok=True)
+        self.env = server_env(self.port, database_url, redis_url, workers,
+                              {"PROMETHEUS_MULTIPROC_DIR": metrics, **(extra_env or {})})
         self.process = None
         self._pids = []
 
@@ -287,8 +301,9 @@ class Server:
             return []
 
     def stop(self):
+        # SIGINT: gunicorn's quick shutdown (no graceful wait for the benchmark's leftovers).
         pids = self.worker_pids(refresh=True) if self.process and self.process.poll() is None else []
-        stop_process(self.process, timeout=8, also=pids)
+        stop_process(self.process, signal.SIGINT, timeout=8, also=pids)
         if getattr(self, "_log", None):
             self._log.close()
 
@@ -318,8 +333,15 @@ class Cluster:
         for server in self.servers:
             server.stop()
 
+    scratch = None  # the ScratchPostgres behind database_url, if any
+
     def worker_pids(self):
         return [pid for server in self.servers for pid in server.worker_pids()]
+
+    def database_pids(self):
+        """PostgreSQL backends of this cluster's database (none for SQLite: it runs inside
+        the workers, so its CPU time is part of theirs)."""
+        return self.scratch.backend_pids() if self.scratch is not None else []
 
     def cpu_seconds(self):
         return sum(cpu_seconds(pid) for pid in self.worker_pids())

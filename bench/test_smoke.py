@@ -1,0 +1,61 @@
+"""A tiny end-to-end run of every scenario, for pytest (not collected by default: the
+project's testpaths is tests/). Run it with::
+
+    .venv/bin/python -m pytest bench/test_smoke.py -q
+
+It boots its own redis-server and gunicorn servers (and a scratch PostgreSQL database if
+one answers at 127.0.0.1:5432), like ``python -m bench.run --quick`` with smaller numbers,
+and checks the accounting: every expected delivery arrived, exactly once.
+"""
+
+import json
+
+from bench import run
+from bench.servers import postgres_available
+
+
+def smoke(out_dir, with_postgres=None):
+    """Run every scenario small; return results.json as a dict (raises if the run fails)."""
+    if with_postgres is None:
+        with_postgres = postgres_available()
+    configs = "sqlite-2x1,pg-1x1" if with_postgres else "sqlite-2x1,sqlite-1x1"
+    status = run.main([
+        "--quick", "--out", str(out_dir),
+        "--capacity-steps", "50,150",
+        "--fanout-sizes", "5,40", "--fanout-messages", "2",
+        "--configs", configs, "--shapes", "3x10", "--steps", "300,600", "--step-seconds", "1",
+        "--drain-seconds", "2",
+        "--slow-members", "8", "--slow-rate", "10", "--slow-seconds", "1",
+    ])
+    assert status == 0, f"bench.run exited with {status}"
+    with open(out_dir / "results.json") as file:
+        return json.load(file)
+
+
+def _exact(result, where):
+    assert result["expected"] > 0, f"{where}: nothing was expected"
+    assert result["received"] == result["expected"], f"{where}: {result['received']}/{result['expected']}"
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["strays"] == 0, where
+    assert result["reordered"] == 0 and result["other_frames"] == 0, where
+
+
+def test_every_scenario_small(tmp_path):
+    results = smoke(tmp_path)
+    for key in ("capacity", "fanout_ws", "throughput", "fanout_sse", "slow_client"):
+        assert key in results and not results[key].get("error"), f"{key}: {results.get(key)}"
+    for step in results["capacity"]["steps"]:
+        _exact(step["broadcast"], f"capacity {step['connections']}")
+        assert step["rss_kb"] > results["capacity"]["baseline_rss_kb"]
+    for key in ("fanout_ws", "fanout_sse"):
+        assert [s["size"] for s in results[key]["sizes"]] == [5, 40]
+        for size in results[key]["sizes"]:
+            _exact(size, f"{key} {size['size']}")
+    runs = results["throughput"]["runs"]
+    assert len(runs) == 2 and all(not r.get("error") for r in runs), runs
+    for r in runs:
+        assert r["steps"], r
+        _exact(r["steps"][0], f"throughput {r['config']}")
+    for tag in ("absent", "present"):
+        _exact(results["slow_client"][tag], f"slow client {tag}")
+    for name in ("latency_vs_room_size.png", "throughput.png", "memory_vs_connections.png"):
+        assert (tmp_path / name).stat().st_size > 1000
