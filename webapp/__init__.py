@@ -10,7 +10,22 @@ import secrets
 
 from flask import Flask
 
-from . import admission, api, db, errors, events, health, metrics, pages, realtime, rendering, security, settings, sockets
+from . import (
+    admission,
+    api,
+    db,
+    errors,
+    events,
+    health,
+    logs,
+    metrics,
+    pages,
+    realtime,
+    rendering,
+    security,
+    settings,
+    sockets,
+)
 from .extensions import csrf
 from .labels import LabelConverter
 from .throttle import Throttle
@@ -31,7 +46,7 @@ def create_app(config=None):
     app.config.update(settings.from_environ(os.environ))
     app.config.update(config or {})
     settings.check(app.config)
-    _configure_logging(app.config["LOG_LEVEL"])
+    logs.configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.config["SECRET_KEY"] = app.config["SECRET_KEY"] or _instance_secret_key(app.instance_path)
     app.config["MAX_CONTENT_LENGTH"] = app.config["FRAME_MAX"]
     app.url_map.converters["label"] = LabelConverter
@@ -56,15 +71,6 @@ def create_app(config=None):
     return app
 
 
-def _configure_logging(level):
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level)
-
-
 def _instance_secret_key(instance_path):
     """A key generated once and kept in the instance folder, shared by every worker.
 
@@ -78,7 +84,7 @@ def _instance_secret_key(instance_path):
             file.write(secrets.token_hex(32))
         try:
             os.link(scratch, path)  # atomic: the first worker's key wins
-            log.warning("SECRET_KEY is not set: generated one in %s", path)
+            log.warning("SECRET_KEY is not set: generated one", extra={"event": "secret_key_generated", "path": path})
         except FileExistsError:
             pass
         finally:

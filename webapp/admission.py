@@ -83,7 +83,8 @@ class RedisAdmission(LocalAdmission):
             if not self._admit(keys=[key], args=[self.limit, member, TTL]):
                 return None
         except (redis.RedisError, OSError) as exc:
-            log.warning("connection count unavailable in Redis (%s); counting locally", exc)
+            log.warning("connection counts unavailable in Redis; counting locally",
+                        extra={"event": "admission_fallback", "error": str(exc)})
             return super().admit(address)
         self._members[member] = key
         return ("redis", member)
@@ -113,7 +114,8 @@ class RedisAdmission(LocalAdmission):
                         self._refresh(keys=[key], args=[member, TTL], client=pipe)
                     pipe.execute()
             except (redis.RedisError, OSError) as exc:
-                log.warning("could not refresh connection counts in Redis: %s", exc)
+                log.warning("could not refresh connection counts in Redis",
+                            extra={"event": "admission_refresh_failed", "error": str(exc)})
 
 
 def make_admission(config):

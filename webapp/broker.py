@@ -114,7 +114,7 @@ class RedisBroker(Broker):
             # themselves are stored, and every subscriber catches up on reconnect.
             self._queue.get_nowait()
             self._queue.put_nowait((self.channel(channel), payload))
-            log.warning("broker publish queue full: dropped the oldest copy")
+            log.warning("publish queue full: dropped the oldest copy", extra={"event": "broker_queue_full"})
 
     def healthy(self):
         try:
@@ -146,7 +146,7 @@ class RedisBroker(Broker):
                         on_event(message["data"])
                     elif message["type"] == "psubscribe":
                         if failures:
-                            log.info("broker reconnected to Redis after %d failed attempt(s)", failures)
+                            log.info("subscribed to Redis again", extra={"event": "broker_reconnected", "attempts": failures})
                             self._on_state("reconnect")
                         failures = 0
                         self.subscribed = True
@@ -155,7 +155,8 @@ class RedisBroker(Broker):
                 self.subscribed = False
                 delay = self._backoff(failures)
                 failures += 1
-                log.warning("broker subscription lost (%s); retrying in %.2fs", exc, delay)
+                log.warning("Redis subscription lost; retrying",
+                            extra={"event": "broker_subscription_lost", "error": str(exc), "retry_in": round(delay, 2)})
                 time.sleep(delay)
             finally:
                 self.subscribed = False
@@ -180,13 +181,14 @@ class RedisBroker(Broker):
                 pipe.execute()
                 batch = []
                 if failures:
-                    log.info("broker publishing again after %d failed attempt(s)", failures)
+                    log.info("publishing to Redis again", extra={"event": "broker_publish_recovered", "attempts": failures})
                 failures = 0
             except (redis.RedisError, OSError) as exc:
                 delay = self._backoff(failures)
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
-                    log.warning("broker publish failed (%s); %d event(s) kept, retrying", exc, len(batch))
+                    log.warning("publish to Redis failed; kept for retry",
+                                extra={"event": "broker_publish_failed", "error": str(exc), "kept": len(batch)})
                 time.sleep(delay)
 
 

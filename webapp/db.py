@@ -128,7 +128,7 @@ def ping():
             database.execute_sql("SELECT 1").fetchone()
         return True
     except (StorageUnavailable, DatabaseError) as exc:
-        log.warning("database health check failed: %s", exc)
+        log.warning("database health check failed", extra={"event": "database_unavailable", "error": str(exc)})
         return False
 
 

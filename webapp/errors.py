@@ -4,6 +4,7 @@ import logging
 
 from flask import jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.routing import WebsocketMismatch
 
 from peewee import InterfaceError, OperationalError
 
@@ -26,13 +27,15 @@ def _answer(status, title, reason):
 
 
 def _http_error(exc):
+    if isinstance(exc, WebsocketMismatch):  # a plain request to a socket route
+        return _answer(400, exc.name, "This is a WebSocket endpoint: connect with a WebSocket client.")
     return _answer(exc.code, exc.name, exc.description)
 
 
 def _storage_unavailable(exc):
     if not isinstance(exc, db.StorageUnavailable):  # raised by a view's own query
         db.forget_idle_connections()
-    log.error("database unavailable: %s", exc)
+    log.error("database unavailable", extra={"event": "database_unavailable", "error": str(exc), "path": request.path})
     reason = "The message store is not reachable right now; nothing was stored. Try again shortly."
     response = _answer(503, ServiceUnavailable.name, reason)
     response.headers["Retry-After"] = "2"
@@ -40,7 +43,7 @@ def _storage_unavailable(exc):
 
 
 def _unexpected(exc):
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    log.exception("unhandled error", extra={"event": "unhandled_error", "method": request.method, "path": request.path})
     return _answer(500, InternalServerError.name, "Something went wrong on our side.")
 
 

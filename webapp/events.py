@@ -44,7 +44,7 @@ class StreamListener(Listener):
             self.last_write = time.monotonic()
         except Full:
             metrics.DROPPED.labels("slow").inc()
-            log.warning("dropped an event stream: too slow to keep up")
+            log.warning("dropped an event stream", extra={"event": "client_dropped", "reason": "too slow"})
             self.close(1013, "too slow")
 
     def close(self, code, reason):

@@ -25,6 +25,11 @@ from prometheus_client import (
 OPEN_CONNECTIONS = Gauge(
     "chat_open_connections", "Open WebSockets and event streams.", ["kind"], multiprocess_mode="livesum"
 )
+SERVING_GREENLETS = Gauge(
+    "chat_serving_greenlets",
+    "Greenlets that served a socket or stream and have not finished.",
+    multiprocess_mode="livesum",
+)
 MESSAGES_STORED = Counter("chat_messages_stored_total", "Messages stored.")
 DELIVERIES = Counter("chat_deliveries_total", "Messages written to sockets and event streams.")
 DELIVERY_LATENCY = Histogram(

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 
 import gevent
 
@@ -45,6 +46,10 @@ class Realtime:
         self.broker = make_broker(app.config, on_state=self._on_broker_state)
         self.origin = None
         self.draining = False
+        # The greenlets serving this worker's sockets and streams (weakly: a finished,
+        # collected one simply goes); counted by the keepalive loop, so a handler stuck
+        # after its connection ended would show.
+        self.serving = weakref.WeakSet()
         self._pid = None
         self._loops = []
 
@@ -69,7 +74,7 @@ class Realtime:
         """The worker is stopping: close every socket with 1012 and end every stream."""
         self.draining = True
         listeners = list(self.hub.listeners())
-        log.info("draining %d connection(s): server restarting", len(listeners))
+        log.info("draining: closing connections", extra={"event": "draining", "connections": len(listeners)})
         for listener in listeners:
             listener.close(1012, "server restarting")
 
@@ -94,7 +99,7 @@ class Realtime:
             else:
                 self.hub.broadcast(event["room"], event["kind"], event["data"])
         except (ValueError, KeyError, TypeError):
-            log.warning("ignored a malformed broker event: %.200r", raw)
+            log.warning("ignored a malformed broker event", extra={"event": "broker_event_malformed", "raw": raw[:200]})
 
     # -- listening ------------------------------------------------------------------
 
@@ -104,6 +109,7 @@ class Realtime:
         "live" starts no later than the client thinks it does."""
         self.start()
         self.hub.join(listener, room.label, room.id, room.last_message_id, after)
+        self.serving.add(gevent.getcurrent())
         metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).inc()
 
     def start_delivery(self, listener, room, replay):
@@ -159,7 +165,8 @@ class Realtime:
                 rows = Message.after(channel.room_id, channel.last_id, replay_max + 1)
                 recent = Message.recent(channel.room_id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
             if recent is not None:
-                log.warning("room %s: %d+ messages missed; listeners reset", channel.label, replay_max)
+                log.warning("more missed than replay sends; listeners reset",
+                            extra={"event": "room_reset", "room": channel.label, "listeners": len(channel.listeners)})
                 self.hub.reset(channel, recent[-1].id, self._reset_payload(channel.label, recent))
                 metrics.RESETS.inc(len(channel.listeners))
             else:
@@ -168,7 +175,8 @@ class Realtime:
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
             channel.known_latest = max(channel.known_latest, channel.last_id)
         except db.StorageUnavailable as exc:
-            log.warning("room %s: catch-up failed (%s); the sweep will retry", channel.label, exc)
+            log.warning("catch-up failed; the sweep will retry",
+                        extra={"event": "catch_up_failed", "room": channel.label, "error": str(exc)})
         finally:
             channel.catching_up = False
         if channel.pending and self.hub.channels.get(channel.label) is channel:
@@ -189,7 +197,7 @@ class Realtime:
                     Room.select(Room.id, Room.last_message_id).where(Room.id.in_(list(channels))).tuples()
                 )
         except db.StorageUnavailable as exc:
-            log.warning("sweep: database unavailable (%s)", exc)
+            log.warning("sweep skipped: database unavailable", extra={"event": "sweep_failed", "error": str(exc)})
             return
         for room_id, last_id in latest.items():
             channel = channels[room_id]
@@ -217,6 +225,7 @@ class Realtime:
             now = time.monotonic()
             for listener in self.hub.listeners():
                 listener.keepalive(now, interval, timeout)
+            metrics.SERVING_GREENLETS.set(sum(1 for greenlet in list(self.serving) if not greenlet.dead))
 
 
 def init_app(app):

@@ -1,8 +1,8 @@
 """Security by default: response headers, cross-site refusals, the socket Origin check.
 
-* A Content-Security-Policy with no inline script and no eval (htmx is configured to
-  match), ``nosniff``, a strict referrer policy, and framing refused everywhere except
-  the embeddable transcript.
+* A Content-Security-Policy with no inline script, no inline style and no eval (htmx
+  is configured to match), ``nosniff``, a strict referrer policy, framing refused
+  everywhere except the embeddable transcript, and HSTS once a request came over HTTPS.
 * Form posts need the page's CSRF token (flask-wtf) and are refused outright when the
   browser says they come from another site (``Sec-Fetch-Site: cross-site``).
 * WebSocket handshakes from a browser page of another origin are refused with 403
@@ -53,7 +53,8 @@ def _refuse_cross_site():
     view = current_app.view_functions.get(request.endpoint)
     if getattr(view, "is_socket", False) and not origin_allowed(request.headers.get("Origin")):
         metrics.REFUSED.labels("foreign_origin").inc()
-        log.warning("refused socket from origin %r for %s", request.headers.get("Origin"), request.path)
+        log.warning("refused a socket from another origin",
+                    extra={"event": "foreign_origin", "origin": request.headers.get("Origin"), "path": request.path})
         abort(403, description="This origin may not open a socket here.")
 
 
@@ -61,6 +62,10 @@ def _headers(response):
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.endpoint in FRAMABLE_ENDPOINTS:
         headers["Content-Security-Policy"] = CSP + "; frame-ancestors *"
     else:

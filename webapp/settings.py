@@ -58,6 +58,7 @@ def defaults(instance_path):
         "ADDRESS_RATE_FACTOR": 10,
         "MAX_CONNECTIONS_PER_ADDRESS": 100,
         "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "text",
         "TRUST_PROXY": False,
         # Limits of the contract.
         "HANDLE_MAX": 50,
@@ -111,6 +112,16 @@ def _float(name):
     return parse
 
 
+def _choice(name, choices):
+    def parse(text):
+        value = text.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
+        return value
+
+    return parse
+
+
 def _origins(text):
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
@@ -137,6 +148,7 @@ PARSERS = {
     "RATE_LIMIT": Rate.parse,
     "MAX_CONNECTIONS_PER_ADDRESS": _int("MAX_CONNECTIONS_PER_ADDRESS"),
     "LOG_LEVEL": _log_level,
+    "LOG_FORMAT": _choice("LOG_FORMAT", ("text", "json")),
     "TRUST_PROXY": _flag,
     "HANDLE_MAX": _int("HANDLE_MAX", 1),
     "MESSAGE_MAX": _int("MESSAGE_MAX", 1),

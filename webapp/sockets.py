@@ -9,7 +9,7 @@ deliveries come from the hub (see ``realtime``).
 import json
 import logging
 
-from flask import Blueprint, abort, current_app, g, request
+from flask import Blueprint, current_app, g, request
 from werkzeug.exceptions import TooManyRequests
 
 from . import chat, db, metrics
@@ -63,7 +63,8 @@ def admit_connection():
     token = current_app.extensions["chat.admission"].admit(request.remote_addr)
     if token is None:
         metrics.REFUSED.labels("too_many_connections").inc()
-        log.warning("refused connection from %s: too many open", request.remote_addr)
+        log.warning("refused a connection: too many open",
+                    extra={"event": "too_many_connections", "address": request.remote_addr})
         raise TooManyRequests("Too many open connections from this address.")
     g.admission = token
 
@@ -83,8 +84,6 @@ def _last_id():
 def _join_before_handshake():
     """Runs before flask-sock answers 101: find the room and join its hub channel now,
     so every message stored after the client sees the socket open reaches it."""
-    if request.headers.get("Upgrade", "").lower() != "websocket":
-        abort(400, description="This is a WebSocket endpoint: connect with a WebSocket client.")
     # Shared frames are sent as they are to every socket (see webapp.websocket).
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     realtime = current_app.extensions["chat.realtime"]
@@ -149,7 +148,7 @@ def _serve(server, read_frame, reply_error):
 
 def _dropped(address, reason):
     metrics.DROPPED.labels("silent" if "ping" in reason else "slow").inc()
-    log.warning("dropped socket of %s: %s", address, reason)
+    log.warning("dropped a socket", extra={"event": "client_dropped", "address": address, "reason": reason})
 
 
 def _decode(frame):

@@ -192,36 +192,44 @@ def test_the_page_reconnects_after_a_restart_and_misses_nothing(live, redis_serv
     assert texts(page) == ["before the restart"] + [f"while it was down {n}" for n in range(3)] + ["after"]
 
 
-XSS = [
-    "<script>alert('script')</script>",
-    "<img src=x onerror=alert('img')>",
-    "<svg onload=alert('svg')></svg>",
-    "<a href=\"javascript:alert('link')\">click me</a>",
-    '<div hx-get="/api/rooms" hx-trigger="load">htmx</div>',
-    '<div hx-swap-oob="innerHTML:#chat">wiped</div>',
-    '<iframe src="javascript:alert(1)"></iframe>',
-    "\"><script>alert('attr')</script>",
-]
+PAYLOADS = [line for line in open(__file__.replace("test_chat_in_browser.py", "xss_payloads.txt")).read().splitlines()
+            if line]
+SUSPICIOUS = "#chat script, #chat img, #chat svg, #chat a, #chat iframe, #chat object, #chat embed, #chat input, " \
+             "#chat form, #chat style, #chat link, #chat meta, #chat base, #chat [hx-get], #chat [hx-post], " \
+             "#chat [hx-swap-oob], #chat [hx-on\\:click], #chat [data-hx-get], #chat [ws-connect], #chat [sse-connect]"
 
 
 def test_hostile_text_is_shown_as_text_and_does_nothing(server, open_page):
+    """60 payloads, each arriving three ways (rendered in the page, pushed over the htmx
+    socket, streamed to the embed): all shown as the text that was sent, none acts."""
+    assert len(PAYLOADS) >= 50
     server.open_room("hostile")
     page = open_page(server.url + "/hostile/")
+    embed = open_page(server.url + "/hostile/embed")
     dialogs, requests = [], []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    page.on("request", lambda request: requests.append(request.url))
+    for watched in (page, embed):
+        watched.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        watched.on("request", lambda request: requests.append(request.url))
     wait_live(page)
+    expect(embed.locator("#status")).to_have_attribute("data-state", "live")
     sender = server.socket("hostile")
-    for payload in XSS:
+    for payload in PAYLOADS:
         sender.send(payload[:50], payload)
-    expect(page.locator("#chat .msg")).to_have_count(len(XSS), timeout=3000)
-    page.reload()
+    for live_view in (page, embed):  # pushed live
+        expect(live_view.locator("#chat .msg")).to_have_count(len(PAYLOADS), timeout=5000)
+        assert texts(live_view) == PAYLOADS
+    page.reload()  # rendered by the server
     wait_live(page)
     page.wait_for_timeout(500)
+    assert texts(page) == PAYLOADS[-50:]  # the page shows the last 50
+    assert [handle for _, handle, _ in rows(page)] == [p[:50].strip() for p in PAYLOADS[-50:]]
     assert dialogs == []
-    assert not [url for url in requests if "/api/" in url or url.endswith("/x")]
-    assert texts(page) == XSS
-    assert page.locator("#chat script, #chat img, #chat svg, #chat a, #chat iframe, #chat [hx-get]").count() == 0
+    assert [url for url in requests if not url.startswith(server.url)] == []
+    assert not [url for url in requests if "/api/" in url or url.endswith(("/x", "/x.js"))]
+    for view in (page, embed):
+        assert view.locator(SUSPICIOUS).count() == 0
+        assert view.locator("#room-name").inner_text() == "hostile"
+    assert page.locator("#chat-error").inner_text() == ""
 
 
 SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "height": 800}}
