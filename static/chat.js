@@ -137,6 +137,18 @@
     const form = $("chatform");
     const box = $("message");
     if (!form || !box) return;
+    // The typing signal and a name change carry only what they need (never the draft):
+    // data-send-only lists the fields such a ws-send keeps. (hx-params would do this,
+    // but htmx-ext-ws 2.0.4 hands it a plain object and it fails.)
+    document.body.addEventListener("htmx:wsConfigSend", (event) => {
+      const only = event.target.dataset && event.target.dataset.sendOnly;
+      if (!only) return;
+      const keep = new Set(only.split(" "));
+      const parameters = event.detail.parameters;
+      for (const name of Object.keys(parameters)) {
+        if (!keep.has(name)) delete parameters[name];
+      }
+    });
     box.addEventListener("keydown", (event) => {
       // Enter sends, Shift+Enter is a new line (not while an IME is composing).
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -149,7 +161,8 @@
     // verdict: give the refused text back to edit. Our own row arriving means it was
     // stored.
     let awaitingVerdict = false;
-    document.body.addEventListener("htmx:wsAfterSend", () => {
+    document.body.addEventListener("htmx:wsAfterSend", (event) => {
+      if (event.target !== form) return; // a typing signal or a name change
       const error = $("chat-error");
       if (error) error.textContent = "";
       clearComposer();
@@ -210,6 +223,9 @@
     stream.addEventListener("message", (event) => {
       htmx.swap($("chat"), event.data, { swapStyle: "beforeend" });
     });
+    stream.addEventListener("room", (event) => {
+      htmx.swap($("room-name"), event.data, { swapStyle: "innerHTML" });
+    });
     stream.addEventListener("reset", () => {
       stream.close();
       location.reload(); // more was missed than is replayed: start from the latest
@@ -248,7 +264,7 @@
       if (lived < STABLE_AFTER) failure();
       if (mode === "socket") setStatus("reconnecting");
     });
-    document.body.addEventListener("htmx:wsError", () => { if (!openedAt) failure(); });
+    // (A socket that fails fires "error" and then "close": only the close counts, once.)
 
     // Sending while on the stream (or while the socket is down): an htmx POST.
     const form = $("chatform");

@@ -83,7 +83,8 @@ def test_rooms_are_listed_most_recent_first(client):
     send(client, "a", message="wakes room a up")
     rooms = client.get("/api/rooms").get_json()["rooms"]
     assert [r["label"] for r in rooms] == ["a", "c", "b"]
-    assert rooms[0] == {"label": "a", "name": "a", "messages": 1, "last_activity": rooms[0]["last_activity"]}
+    # the contract's four fields, and how many people are in the room now (an extension)
+    assert rooms[0] == {"label": "a", "name": "a", "messages": 1, "last_activity": rooms[0]["last_activity"], "here": 0}
     datetime.fromisoformat(rooms[0]["last_activity"])
 
 

@@ -256,6 +256,8 @@ def test_the_htmx_socket_pushes_rendered_rows(cluster):
         ws.send(json.dumps({"handle": "alice", "message": "<b>hi</b>", "csrf_token": "x",
                             "HEADERS": {"HX-Request": "true", "HX-Trigger": "chatform"}}))
         fragment = ws.recv(timeout=5)
+        assert 'id="presence"' in fragment  # who is here comes first, on connect
+        fragment = ws.recv(timeout=5)
         assert 'hx-swap-oob="beforeend:#chat"' in fragment
         assert rows(fragment)[0][1:] == ("alice", "<b>hi</b>")
         ws.send(json.dumps({"handle": "alice", "message": "  "}))

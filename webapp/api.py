@@ -54,8 +54,12 @@ def _int_arg(name, low, high=None):
 
 @bp.get("/rooms")
 def rooms():
-    """The most recently active rooms."""
-    return {"rooms": [room.as_dict() for room in Room.recently_active(ROOMS_MAX)]}
+    """The most recently active rooms, with how many people are in each now."""
+    rooms = [room.as_dict() for room in Room.recently_active(ROOMS_MAX)]
+    here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
+    for room in rooms:
+        room["here"] = here.get(room["label"], 0)
+    return {"rooms": rooms}
 
 
 @bp.get("/rooms/<label>/messages")

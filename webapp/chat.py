@@ -71,6 +71,18 @@ def clean_message(value, limit):
     return text
 
 
+def clean_room_name(value, limit):
+    """A room's display name, trimmed, or BadInput."""
+    name = _text(value, "name").strip()
+    if not name:
+        raise BadInput("the room needs a name")
+    if len(name) > limit:
+        raise BadInput(f"a room name is at most {limit} characters")
+    if _CONTROL_IN_HANDLE.search(name):
+        raise BadInput("a room name is one line without control characters")
+    return name
+
+
 def parse_fields(data):
     """Check a JSON object holds exactly ``handle`` and ``message``; return them raw."""
     if not isinstance(data, dict):
@@ -113,6 +125,19 @@ def send(room, handle, text, sender):
     metrics.MESSAGES_STORED.inc()
     current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)
     return message
+
+
+def rename(room, name, sender):
+    """Give ``room`` a new display name (the label stays) and show it everywhere."""
+    config = current_app.config
+    if not current_app.extensions["chat.throttle"].allow(sender.address, sender.connection):
+        metrics.REFUSED.labels("rate_limited").inc()
+        raise RateLimited("slow down: too many changes")
+    name = clean_room_name(name, config["ROOM_NAME_MAX"])
+    db.write_transaction(lambda: Room.update(name=name).where(Room.id == room.id).execute())
+    room.name = name
+    current_app.extensions["chat.realtime"].broadcast(room.label, "room", {"name": name})
+    return name
 
 
 def find_room(label):

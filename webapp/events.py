@@ -29,8 +29,8 @@ class StreamListener(Listener):
 
     __slots__ = ("queue", "closed", "last_write", "heartbeat")
 
-    def __init__(self, queue_size, heartbeat):
-        super().__init__("sse")
+    def __init__(self, queue_size, heartbeat, kinds=frozenset()):
+        super().__init__("sse", kinds)
         self.queue = Queue(queue_size)
         self.closed = False
         self.last_write = time.monotonic()
@@ -88,7 +88,9 @@ def stream(label):
         abort(503, description="The server is restarting.")
     if "gunicorn.socket" in request.environ:
         limit_send_buffer(request.environ["gunicorn.socket"], config["SOCKET_SEND_BUFFER"])
-    listener = StreamListener(config["REPLAY_MAX"] + QUEUE_SLACK, config["SSE_HEARTBEAT"])
+    # Beyond messages, a stream may ask for renames (the embed does): ?events=room
+    kinds = frozenset({"room"} & set(request.args.get("events", "").split(",")))
+    listener = StreamListener(config["REPLAY_MAX"] + QUEUE_SLACK, config["SSE_HEARTBEAT"], kinds)
     after = _resume_from()
     realtime.join(listener, room, after)
     try:

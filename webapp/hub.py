@@ -189,15 +189,15 @@ class Hub:
 
     # -- other events -------------------------------------------------------------
 
-    def broadcast(self, label, kind, payload):
+    def broadcast(self, label, kind, payload, exclude=None):
         """An event outside the message order (presence, typing, a rename): sent to the
-        room's listeners that take this kind, as it comes, never stored."""
+        room's listeners that take this kind (but ``exclude``), as it comes, never stored."""
         channel = self.channels.get(label)
         if channel is None:
             return
         forms = {}
         for listener in channel.listeners:
-            if kind not in listener.kinds or listener.held is not None:
+            if kind not in listener.kinds or listener.held is not None or listener is exclude:
                 continue
             data = forms.get(listener.fmt)
             if data is None:

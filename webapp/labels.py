@@ -3,7 +3,7 @@
 import re
 import secrets
 
-from coolname import generate_slug
+from coolname import generate, generate_slug
 from werkzeug.routing import BaseConverter, ValidationError
 
 LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,50}")
@@ -25,6 +25,11 @@ def candidate():
         label = f"{generate_slug(2)}-{1000 + secrets.randbelow(9000)}"
         if is_valid_label(label):
             return label
+
+
+def friendly_handle():
+    """A name for a visitor who has not chosen one, such as ``Quiet Otter``."""
+    return " ".join(word.capitalize() for word in generate(2))[:50]
 
 
 class LabelConverter(BaseConverter):

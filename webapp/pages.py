@@ -1,13 +1,15 @@
-"""The server-rendered pages: home, new room, the room, its form post and its embed.
+"""The server-rendered pages: home, new room, the room, its form posts and its embed.
 
 Every page works with JavaScript off; htmx only upgrades the room's form to a socket.
+A visitor's handle lives in the signed session cookie: generated on the first visit,
+changed by posting under another name (or by the page's name field).
 """
 
 import logging
 
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
 
-from . import chat, db
+from . import chat, db, labels
 from .extensions import csrf
 from .models import Message, Room
 
@@ -21,6 +23,9 @@ HOME_ROOMS = 20
 def index():
     """The home page: create a room, or join one of the recently active ones."""
     rooms = [room.as_dict() for room in Room.recently_active(HOME_ROOMS)]
+    here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
+    for room in rooms:
+        room["here"] = here.get(room["label"], 0)
     return render_template("index.html", rooms=rooms)
 
 
@@ -34,19 +39,30 @@ def new_room():
     return response
 
 
-def _room_page(room, status=200, error=None, form=None):
+def _my_handle():
+    """The visitor's handle, generated (and remembered) on the first visit."""
+    if not session.get("handle"):
+        session["handle"] = labels.friendly_handle()
+    return session["handle"]
+
+
+def _room_page(room, status=200, error=None, form=None, rename_error=None):
     config = current_app.config
     messages = [m.as_dict(room.label) for m in Message.recent(room.id, config["HISTORY_SIZE"])]
+    me = _my_handle()
     page = render_template(
         "room.html",
         room=room,
+        me=me,
+        here=current_app.extensions["chat.realtime"].presence.handles(room.label),
+        rename_error=rename_error,
         messages=messages,
         last_id=messages[-1]["id"] if messages else 0,
         share_url=url_for("pages.room", label=room.label, _external=True),
         embed_url=url_for("pages.embed", label=room.label, _external=True),
         error=error,
-        form=form or {},
-        limits={"handle": config["HANDLE_MAX"], "message": config["MESSAGE_MAX"]},
+        form=form or {"handle": me},
+        limits={"handle": config["HANDLE_MAX"], "message": config["MESSAGE_MAX"], "name": config["ROOM_NAME_MAX"]},
     )
     return page, status
 
@@ -71,12 +87,43 @@ def post_message(label):
     form = {"handle": request.form.get("handle", ""), "message": request.form.get("message", "")}
     htmx = "HX-Request" in request.headers
     try:
-        chat.send(room, form["handle"], form["message"], chat.Sender(request.remote_addr))
+        message = chat.send(room, form["handle"], form["message"], chat.Sender(request.remote_addr))
     except chat.BadInput as exc:
         if htmx:
             return render_template("_send_error.html", error=str(exc)), exc.status
         return _room_page(room, exc.status, error=str(exc), form=form)
+    session["handle"] = message.handle
     if htmx:
+        return "", 204
+    return redirect(url_for("pages.room", label=label), 303)
+
+
+@bp.post("/<label:label>/handle")
+def set_handle(label):
+    """Remember the visitor's new name (the page's name field posts here on change)."""
+    _existing_room(label)
+    try:
+        session["handle"] = chat.clean_handle(request.form.get("handle", ""), current_app.config["HANDLE_MAX"])
+    except chat.BadInput as exc:
+        if "HX-Request" in request.headers:
+            return render_template("_send_error.html", error=str(exc)), exc.status
+        abort(exc.status, description=str(exc))
+    if "HX-Request" in request.headers:
+        return "", 204
+    return redirect(url_for("pages.room", label=label), 303)
+
+
+@bp.post("/<label:label>/name")
+def rename(label):
+    """Give the room a new display name; every open page shows it at once."""
+    room = _existing_room(label)
+    try:
+        chat.rename(room, request.form.get("name", ""), chat.Sender(request.remote_addr))
+    except chat.BadInput as exc:
+        if "HX-Request" in request.headers:
+            return render_template("_rename_error.html", error=str(exc)), exc.status
+        return _room_page(room, exc.status, rename_error=str(exc))
+    if "HX-Request" in request.headers:
         return "", 204
     return redirect(url_for("pages.room", label=label), 303)
 

@@ -28,6 +28,7 @@ from . import db, metrics
 from .broker import make_broker
 from .hub import Hub
 from .models import Message, Room
+from .presence import Presence, make_store
 from .rendering import WireForms
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Realtime:
         self.forms = WireForms(app.jinja_env)
         self.hub = Hub(self.forms.encode, self._request_catch_up, metrics.observe_delivery)
         self.broker = make_broker(app.config, on_state=self._on_broker_state)
+        self.presence = Presence(make_store(app.config), self.hub, self._announce_presence)
         self.origin = None
         self.draining = False
         # The greenlets serving this worker's sockets and streams (weakly: a finished,
@@ -63,7 +65,11 @@ class Realtime:
         self.origin = uuid.uuid4().hex
         self.draining = False
         self.broker.start(self._on_broker_event, self._resync)
-        self._loops = [gevent.spawn(self._keepalive_forever), gevent.spawn(self._sweep_forever)]
+        self._loops = [
+            gevent.spawn(self._keepalive_forever),
+            gevent.spawn(self._sweep_forever),
+            gevent.spawn(self._presence_forever),
+        ]
 
     def stop(self):
         gevent.killall(self._loops, block=False)
@@ -88,6 +94,18 @@ class Realtime:
         event = {"origin": self.origin, "kind": "message", "room": label, "prev": previous, "data": payload}
         self.broker.publish(label, json.dumps(event).encode())
 
+    def broadcast(self, label, kind, data, exclude=None):
+        """An event that is not stored (typing, a rename): to this worker's listeners now,
+        and to the others' through the broker."""
+        self.start()
+        self.hub.broadcast(label, kind, data, exclude)
+        event = {"origin": self.origin, "kind": kind, "room": label, "data": data}
+        self.broker.publish(label, json.dumps(event).encode())
+
+    def _announce_presence(self, label):
+        event = {"origin": self.origin, "kind": "presence_changed", "room": label, "data": None}
+        self.broker.publish(label, json.dumps(event).encode())
+
     def _on_broker_event(self, raw):
         try:
             event = json.loads(raw)
@@ -96,6 +114,8 @@ class Realtime:
             if event["kind"] == "message":
                 data = event["data"]
                 self.hub.receive(event["room"], data["id"], event["prev"], data)
+            elif event["kind"] == "presence_changed":
+                self.presence.changed(event["room"])
             else:
                 self.hub.broadcast(event["room"], event["kind"], event["data"])
         except (ValueError, KeyError, TypeError):
@@ -137,6 +157,7 @@ class Realtime:
 
     def leave(self, listener):
         """Unregister (safe to call more than once)."""
+        self.presence.leave(listener)
         if listener.channel is not None:
             self.hub.leave(listener)
             metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).dec()
@@ -209,6 +230,11 @@ class Realtime:
         while True:
             gevent.sleep(SWEEP_INTERVAL)
             self._sweep()
+
+    def _presence_forever(self):
+        while True:
+            gevent.sleep(self.config["PRESENCE_TTL"] / 3)
+            self.presence.sweep()
 
     def _on_broker_state(self, change):
         if change == "reconnect":

@@ -12,6 +12,8 @@ swaps) or ``sse`` (an event-stream chunk). The hub calls it once per message and
 import json
 from datetime import datetime
 
+from markupsafe import escape
+
 from .websocket import text_frame
 
 
@@ -53,6 +55,24 @@ class WireForms:
     def _html_reset(self, reset):
         return text_frame(self._render("_reset.html", messages=reset["recent"], latest=reset["latest"]))
 
+    def _json_presence(self, handles):
+        return text_frame(to_json({"presence": handles}))
+
+    def _json_typing(self, typing):
+        return text_frame(to_json({"typing": typing["handle"]}))
+
+    def _json_room(self, room):
+        return text_frame(to_json({"name": room["name"]}))
+
+    def _html_presence(self, handles):
+        return text_frame(self._render("_presence.html", here=handles, oob=True))
+
+    def _html_typing(self, typing):
+        return text_frame(self._render("_typing.html", handle=typing["handle"], oob=True))
+
+    def _html_room(self, room):
+        return text_frame(self._render("_room_name.html", name=room["name"], oob=True))
+
     # The event stream.
     def _sse_message(self, message):
         row = self.row(message)
@@ -61,6 +81,16 @@ class WireForms:
     def _sse_reset(self, reset):
         data = to_json({"reset": True, "latest": reset["latest"]})
         return f"id: {reset['latest']}\nevent: reset\ndata: {data}\n\n".encode()
+
+    def _sse_presence(self, handles):
+        return f"event: presence\ndata: {to_json(handles)}\n\n".encode()
+
+    def _sse_typing(self, typing):
+        return f"event: typing\ndata: {to_json(typing['handle'])}\n\n".encode()
+
+    def _sse_room(self, room):
+        # The name as HTML text (escaped, one line): the embed swaps it into its header.
+        return f"event: room\ndata: {escape(room['name'])}\n\n".encode()
 
 
 def init_app(app):

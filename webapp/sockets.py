@@ -1,15 +1,22 @@
 """The WebSocket routes: the seed's JSON protocol and the htmx page's socket.
 
 Both take ``{"handle", "message"}`` frames and push every message of the room; they differ
-only in what they push (JSON, or server-rendered rows swapped in by htmx) and in how
-they report a refused frame. Each connection is one greenlet that reads its frames;
+in what they push (JSON, or server-rendered rows swapped in by htmx) and in how they
+report a refused frame. Each connection is one greenlet that reads its frames;
 deliveries come from the hub (see ``realtime``).
+
+Beyond messages, the htmx socket always gets who is here (``presence``), who is typing
+and renames of the room; its frames may carry ``"action": "typing"`` or ``"handle"``.
+A JSON client gets those only when it asks (``?events=presence,typing,room``), so the
+seed's client, which shows every frame as a message, keeps working; it is listed as
+here when it says who it is (``?handle=``).
 """
 
 import json
 import logging
+import time
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, current_app, g, request, session
 from werkzeug.exceptions import TooManyRequests
 
 from . import chat, db, metrics
@@ -20,6 +27,8 @@ from .websocket import INTERNAL_ERROR, RESTARTING, UNKNOWN_ROOM, CallerReads, We
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sockets", __name__)
+
+EXTRA_KINDS = frozenset({"presence", "typing", "room"})
 
 
 class SocketListener(Listener):
@@ -97,9 +106,23 @@ def _join_before_handshake():
     elif realtime.draining:
         g.socket_refusal = (RESTARTING, "server restarting")
     else:
+        fmt = current_app.view_functions[request.endpoint].socket_format
+        if fmt == "html":
+            kinds, handle = EXTRA_KINDS, session.get("handle")
+        else:
+            kinds = EXTRA_KINDS & {kind.strip() for kind in request.args.get("events", "").split(",")}
+            handle = request.args.get("handle")
         g.socket_room = room
-        g.socket_listener = SocketListener(current_app.view_functions[request.endpoint].socket_format)
+        g.socket_handle = _valid_handle(handle)
+        g.socket_listener = SocketListener(fmt, frozenset(kinds))
         realtime.join(g.socket_listener, room, _last_id())
+
+
+def _valid_handle(handle):
+    try:
+        return chat.clean_handle(handle, current_app.config["HANDLE_MAX"]) if handle is not None else None
+    except chat.BadInput:
+        return None
 
 
 @bp.teardown_request
@@ -127,14 +150,32 @@ def _serve(server, read_frame, reply_error):
         listener = g.socket_listener
         listener.ws = ws
         sender = chat.Sender(address, connection=f"ws:{id(ws)}")
+        presence = realtime.presence
+        typed_at = 0.0
         try:
             realtime.start_delivery(listener, room, replay=_last_id() is not None)
+            if g.socket_handle:
+                presence.enter(listener, room.label, g.socket_handle)
+            if "presence" in listener.kinds:
+                listener.write(realtime.forms.encode(listener.fmt, "presence", presence.handles(room.label)))
             while (frame := ws.receive()) is not None:
+                action = "message"
                 try:
-                    handle, message = read_frame(frame)
-                    chat.send(room, handle, message, sender)
+                    action, handle, text = read_frame(frame)
+                    if action == "typing":
+                        if time.monotonic() - typed_at >= config["TYPING_THROTTLE"]:
+                            typed_at = time.monotonic()
+                            handle = chat.clean_handle(handle, config["HANDLE_MAX"])
+                            realtime.broadcast(room.label, "typing", {"handle": handle}, exclude=listener)
+                    elif action == "handle":
+                        presence.enter(listener, room.label, chat.clean_handle(handle, config["HANDLE_MAX"]))
+                    else:
+                        message = chat.send(room, handle, text, sender)
+                        if listener.fmt == "html" or presence.is_listed(listener):
+                            presence.enter(listener, room.label, message.handle)
                 except chat.BadInput as exc:
-                    reply_error(ws, str(exc))
+                    if action != "typing":
+                        reply_error(ws, str(exc))
                 except db.StorageUnavailable:
                     reply_error(ws, "not stored: the database is unavailable; try again")
         except db.StorageUnavailable:
@@ -161,7 +202,7 @@ def _decode(frame):
 
 
 def _read_json_frame(frame):
-    return chat.parse_fields(_decode(frame))
+    return ("message", *chat.parse_fields(_decode(frame)))
 
 
 def _reply_json_error(ws, reason):
@@ -170,11 +211,13 @@ def _reply_json_error(ws, reason):
 
 def _read_htmx_frame(frame):
     # htmx's ws-send: the form's fields plus HEADERS (and the CSRF field, unused here:
-    # the Origin check at the handshake already stops cross-site pages).
+    # the Origin check at the handshake already stops cross-site pages); the page's
+    # typing signal and name change say so in "action".
     data = _decode(frame)
     if not isinstance(data, dict):
         raise chat.Malformed("expected the chat form")
-    return data.get("handle"), data.get("message")
+    action = data.get("action") if data.get("action") in ("typing", "handle") else "message"
+    return action, data.get("handle"), data.get("message")
 
 
 def _reply_htmx_error(ws, reason):

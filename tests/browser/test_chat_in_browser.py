@@ -71,13 +71,13 @@ def test_without_javascript_the_form_still_posts(server, open_page):
     page = open_page(server.url + "/plain/", java_script_enabled=False)
     page.fill("#handle", "nojs")
     page.fill("#message", "posted the old way")
-    page.click("button[type=submit]")
+    page.click("#chatform button[type=submit]")
     page.wait_for_url(server.url + "/plain/")
     assert rows(page)[-1][1:] == ["nojs", "posted the old way"]
     page.fill("#handle", "nojs")
     page.fill("#message", "  ")  # the browser's own check is bypassed below
     page.evaluate("document.querySelector('#message').removeAttribute('required')")
-    page.click("button[type=submit]")
+    page.click("#chatform button[type=submit]")
     expect(page.locator("#chat-error")).to_have_text("message is empty")
 
 
@@ -253,6 +253,8 @@ def test_screenshots(server, open_page, screenshot, size):
     room = open_page(server.url + "/design-review/", viewport=viewport)
     wait_live(room)
     room.fill("#handle", "ann")
+    room.press("#handle", "Tab")
+    expect(room.locator("#presence")).to_have_text("ann")
     room.evaluate("document.querySelectorAll('#chat .msg').forEach(r => r.classList.toggle('mine', r.dataset.handle === 'ann'))")
     screenshot(room, f"room-{size}")
     embed = open_page(server.url + "/design-review/embed", viewport=viewport)
@@ -290,3 +292,53 @@ def test_away_for_more_than_five_hundred_the_page_reloads_its_history(live, redi
     expect(page.locator("#chat .msg").last).to_contain_text("back to live")
     ids = [row[0] for row in rows(page)]
     assert ids == sorted(set(ids))
+
+
+def presence(page):
+    return page.eval_on_selector_all("#presence li", "els => els.map(e => e.textContent)")
+
+
+def test_people_see_who_is_here_who_is_typing_and_renames(server, open_page):
+    server.open_room("club")
+    ann = open_page(server.url + "/club/")
+    wait_live(ann)
+    ann.fill("#handle", "Ann")
+    ann.press("#handle", "Tab")  # change: remembered, and shown to the others
+    bob = open_page(server.url + "/club/")
+    wait_live(bob)
+    bob.fill("#handle", "Bob")
+    bob.press("#handle", "Tab")
+    for page in (ann, bob):
+        expect(page.locator("#presence li")).to_have_count(2)
+        expect(page.locator("#presence")).to_contain_text("Ann")
+        expect(page.locator("#presence")).to_contain_text("Bob")
+    # typing
+    bob.click("#message")
+    bob.keyboard.type("hello a")
+    expect(ann.locator("#typing")).to_have_text("Bob is typing…")
+    assert bob.locator("#typing").inner_text() == ""
+    # a rename shows everywhere, the label stays
+    ann.click(".rename summary")
+    ann.fill("#room-name-input", "Book club")
+    ann.click("#rename-form button")
+    for page in (ann, bob):
+        expect(page.locator("#room-name")).to_have_text("Book club")
+        assert page.locator("#room-label").inner_text() == "club"
+    # a closed tab leaves the list
+    bob.context.close()
+    expect(ann.locator("#presence li")).to_have_count(1)
+    assert presence(ann) == ["Ann"]
+    # the name is remembered on the next visit
+    again = open_page(server.url + "/club/")
+    expect(again.locator("#handle")).not_to_have_value("Ann")  # another browser, another visitor
+    ann.reload()
+    expect(ann.locator("#handle")).to_have_value("Ann")
+
+
+def test_the_home_page_updates_without_a_reload(server, open_page):
+    server.open_room("quiet-room")
+    home = open_page(server.url + "/")
+    assert "here" not in home.locator("#rooms").inner_text()
+    visitor = open_page(server.url + "/quiet-room/")
+    wait_live(visitor)
+    expect(home.locator("#rooms")).to_contain_text("1 here", timeout=8000)
