@@ -13,7 +13,7 @@ import re  # noqa: E402
 
 import pytest  # noqa: E402
 
-from webapp import create_app  # noqa: E402
+from webapp import create_app, db  # noqa: E402
 from webapp.models import MODELS, database  # noqa: E402
 
 from .support import LiveServer, RedisServer, ScratchPostgres  # noqa: E402
@@ -37,7 +37,7 @@ def postgres():
 def _fresh_schema():
     with database.connection_context():
         database.drop_tables(MODELS, safe=True)
-        database.create_tables(MODELS)
+    db.create_schema()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Real parts for the tests: a redis-server of their own, scratch PostgreSQL databases, and
 gunicorn started exactly as a platform starts it (the Procfile's release and web lines)."""
 
+import ctypes
 import json
 import os
 import shlex
@@ -30,6 +31,11 @@ def using_db(app):
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+
+
+def _die_with_parent():
+    """preexec_fn: the server gets SIGTERM if the test run dies, however it dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port():
@@ -72,7 +78,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         wait_for(self._answers, message=f"redis-server on {self.port}")
         return self
@@ -178,7 +184,7 @@ class LiveServer:
                        stdout=subprocess.DEVNULL)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+                                        stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         wait_for(self._healthy, timeout=timeout, message=f"gunicorn on {self.port} ({self.log_path})")
         workers = int(self.env.get("WEB_CONCURRENCY", "1"))
         wait_for(lambda: len(self.worker_pids()) >= workers, timeout=timeout, message="workers")

@@ -13,8 +13,8 @@ def _room(label="lobby"):
 
 
 def _append(room, text, handle="alice"):
-    message, previous = db.write_transaction(Message.append, room.id, handle, text, db.is_postgres())
-    return message, previous
+    with db.connection():
+        return Message.store(room.id, handle, text, db.write_transaction)
 
 
 def test_visiting_creates_a_room_once(any_app):

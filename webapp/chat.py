@@ -121,7 +121,8 @@ def send(room, handle, text, sender):
     except BadInput:
         metrics.REFUSED.labels("bad_input").inc()
         raise
-    message, previous = db.write_transaction(Message.append, room.id, handle, text, db.is_postgres())
+    with db.connection():
+        message, previous = Message.store(room.id, handle, text, db.write_transaction)
     metrics.MESSAGES_STORED.inc()
     current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)
     return message

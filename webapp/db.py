@@ -18,7 +18,7 @@ from flask.cli import with_appcontext
 from peewee import DatabaseError, InterfaceError, OperationalError, PostgresqlDatabase
 from playhouse import db_url
 
-from .models import MODELS, database
+from .models import MODELS, POSTGRES_FUNCTIONS, database
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ def create_schema():
     """Create the tables and indexes that do not exist yet (safe to run every start)."""
     with connection():
         database.create_tables(MODELS, safe=True)
+        if is_postgres():
+            database.execute_sql(POSTGRES_FUNCTIONS)
 
 
 def without_request_connection(view):

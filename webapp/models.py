@@ -5,6 +5,7 @@ when the app is created. The database is the source of truth: message ids come f
 and order everything, pub/sub only carries copies.
 """
 
+import functools
 from datetime import datetime, timezone
 
 from peewee import (
@@ -16,6 +17,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    PostgresqlDatabase,
     TextField,
 )
 
@@ -99,26 +101,41 @@ class Message(BaseModel):
         return list(reversed(list(rows)))
 
     @classmethod
-    def append(cls, room_id, handle, text, lock_room):
-        """Store a message; call inside a write transaction. Returns (message, previous id).
+    def store(cls, room_id, handle, text, write_transaction):
+        """Store a message as the next of its room. Returns (message, previous id).
 
-        The room row is read first (``FOR UPDATE`` where the database supports it), so
-        inserts into one room are serialized: ids then commit in the order they were
-        assigned and a reader that resumes "after id N" never skips a late commit. The
-        previous id lets every worker deliver a room's messages in order, without gaps.
+        On PostgreSQL one call of ``chat_append_message`` (see ``POSTGRES_FUNCTIONS``)
+        does it in a single round trip; elsewhere ``append`` runs in
+        ``write_transaction`` (which knows how to wait for SQLite's write lock).
         """
-        query = Room.select(Room.last_message_id).where(Room.id == room_id)
-        if lock_room:
-            query = query.for_update()
-        previous = query.scalar()
+        if isinstance(database.obj, PostgresqlDatabase):
+            now = utcnow()
+            message_id, previous = database.execute_sql(
+                "SELECT message_id, previous_id FROM chat_append_message(%s, %s, %s, %s)",
+                (room_id, handle, text, now),
+            ).fetchone()
+            return cls(id=message_id, room=room_id, handle=handle, message=text, timestamp=now), previous
+        return write_transaction(cls.append, room_id, handle, text)
+
+    @classmethod
+    def append(cls, room_id, handle, text):
+        """Store a message inside a write transaction that holds the database's write lock
+        (SQLite's ``BEGIN IMMEDIATE``). Returns (message, previous id).
+
+        Writers are serialized, so ids commit in the order they were assigned and a reader
+        that resumes "after id N" never skips a late commit; the previous id lets every
+        worker deliver a room's messages in order, without gaps. This is the hot path of
+        every message: its statements are rendered by peewee once (``_append_statements``)
+        and only executed here.
+        """
+        db = database.obj
+        read_previous, insert, update = _append_statements(type(db))
         now = utcnow()
-        message = cls.create(room=room_id, handle=handle, message=text, timestamp=now)
-        Room.update(
-            last_message_id=message.id,
-            last_activity=now,
-            message_count=Room.message_count + 1,
-        ).where(Room.id == room_id).execute()
-        return message, previous
+        previous = db.execute_sql(read_previous, (room_id,)).fetchone()[0]
+        cursor = db.execute_sql(insert, (room_id, handle, text, now))
+        message_id = cursor.fetchone()[0] if "RETURNING" in insert else cursor.lastrowid
+        db.execute_sql(update, (now, message_id, 1, room_id))
+        return cls(id=message_id, room=room_id, handle=handle, message=text, timestamp=now), previous
 
     def as_dict(self, label):
         return {
@@ -131,3 +148,32 @@ class Message(BaseModel):
 
 
 MODELS = (Room, Message)
+
+# Created with the schema on PostgreSQL (idempotent). The room row is locked before the
+# insert takes its id from the sequence, so ids commit in order within a room.
+POSTGRES_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION chat_append_message(
+    p_room integer, p_handle varchar, p_message text, p_timestamp timestamp,
+    OUT message_id bigint, OUT previous_id bigint
+) LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT last_message_id INTO previous_id FROM room WHERE id = p_room FOR UPDATE;
+    INSERT INTO message (room_id, handle, message, timestamp)
+        VALUES (p_room, p_handle, p_message, p_timestamp) RETURNING id INTO message_id;
+    UPDATE room SET last_message_id = message_id, last_activity = p_timestamp,
+        message_count = message_count + 1 WHERE id = p_room;
+END
+$$;
+"""
+
+
+@functools.cache
+def _append_statements(database_class):
+    """The SQL of Message.append's three statements for one kind of database, rendered
+    by peewee (placeholders stay placeholders; their order is the one append passes)."""
+    read_previous = Room.select(Room.last_message_id).where(Room.id == 0)
+    insert = Message.insert(room=0, handle="", message="", timestamp=None)
+    update = Room.update(
+        last_activity=None, last_message_id=0, message_count=Room.message_count + 1
+    ).where(Room.id == 0)
+    return tuple(query.sql()[0] for query in (read_previous, insert, update))

@@ -46,7 +46,7 @@ class Realtime:
         self.hub = Hub(self.forms.encode, self._request_catch_up, metrics.observe_delivery)
         self.broker = make_broker(app.config, on_state=self._on_broker_state)
         self.presence = Presence(make_store(app.config), self.hub, self._announce_presence)
-        self.origin = None
+        self.origin = None  # this process's name on the broker: b"<hex> " starts its events
         self.draining = False
         # The greenlets serving this worker's sockets and streams (weakly: a finished,
         # collected one simply goes); counted by the keepalive loop, so a handler stuck
@@ -62,7 +62,7 @@ class Realtime:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self.origin = uuid.uuid4().hex
+        self.origin = uuid.uuid4().hex.encode() + b" "
         self.draining = False
         self.broker.start(self._on_broker_event, self._resync)
         self._loops = [
@@ -91,26 +91,27 @@ class Realtime:
         self.start()
         payload = message.as_dict(label)
         self.hub.receive(label, message.id, previous, payload)
-        event = {"origin": self.origin, "kind": "message", "room": label, "prev": previous, "data": payload}
-        self.broker.publish(label, json.dumps(event).encode())
+        self._publish(label, {"kind": "message", "room": label, "prev": previous, "data": payload})
 
     def broadcast(self, label, kind, data, exclude=None):
         """An event that is not stored (typing, a rename): to this worker's listeners now,
         and to the others' through the broker."""
         self.start()
         self.hub.broadcast(label, kind, data, exclude)
-        event = {"origin": self.origin, "kind": kind, "room": label, "data": data}
-        self.broker.publish(label, json.dumps(event).encode())
+        self._publish(label, {"kind": kind, "room": label, "data": data})
 
     def _announce_presence(self, label):
-        event = {"origin": self.origin, "kind": "presence_changed", "room": label, "data": None}
-        self.broker.publish(label, json.dumps(event).encode())
+        self._publish(label, {"kind": "presence_changed", "room": label, "data": None})
+
+    def _publish(self, label, event):
+        """To the other processes: our origin, then the event as JSON."""
+        self.broker.publish(label, self.origin + json.dumps(event).encode())
 
     def _on_broker_event(self, raw):
+        if raw.startswith(self.origin):
+            return  # our own, already delivered here (checked before any decoding)
         try:
-            event = json.loads(raw)
-            if event["origin"] == self.origin:
-                return
+            event = json.loads(raw[raw.index(b" ") + 1:])
             if event["kind"] == "message":
                 data = event["data"]
                 self.hub.receive(event["room"], data["id"], event["prev"], data)
@@ -118,7 +119,7 @@ class Realtime:
                 self.presence.changed(event["room"])
             else:
                 self.hub.broadcast(event["room"], event["kind"], event["data"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, IndexError):
             log.warning("ignored a malformed broker event", extra={"event": "broker_event_malformed", "raw": raw[:200]})
 
     # -- listening ------------------------------------------------------------------
