@@ -8,6 +8,7 @@ published is still delivered, by replay from the database.
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from flask import current_app
 from peewee import IntegrityError
@@ -94,6 +95,18 @@ def parse_fields(data):
     if missing:
         raise Malformed("missing field(s): " + ", ".join(missing))
     return data["handle"], data["message"]
+
+
+class RoomRef(NamedTuple):
+    """What a long-lived connection keeps of its room (a model instance weighs ~1 kB)."""
+
+    id: int
+    label: str
+    last_message_id: int
+
+    @classmethod
+    def of(cls, room):
+        return cls(room.id, room.label, room.last_message_id)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def stream(label):
     room = chat.find_room(label)
     if room is None:
         abort(404, description=f"There is no room {label!r}.")
+    room = chat.RoomRef.of(room)
     if realtime.draining:
         abort(503, description="The server is restarting.")
     if "gunicorn.socket" in request.environ:

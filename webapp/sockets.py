@@ -23,7 +23,7 @@ from . import chat, db, metrics
 from .extensions import sock
 from .hub import Listener
 from .rendering import to_json
-from .websocket import INTERNAL_ERROR, RESTARTING, UNKNOWN_ROOM, CallerReads, WebSocket
+from .websocket import INTERNAL_ERROR, RESTARTING, UNKNOWN_ROOM, CallerReads, NoEvent, WebSocket
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sockets", __name__)
@@ -112,7 +112,7 @@ def _join_before_handshake():
         else:
             kinds = EXTRA_KINDS & {kind.strip() for kind in request.args.get("events", "").split(",")}
             handle = request.args.get("handle")
-        g.socket_room = room
+        g.socket_room = room = chat.RoomRef.of(room)
         g.socket_handle = _valid_handle(handle)
         g.socket_listener = SocketListener(fmt, frozenset(kinds))
         realtime.join(g.socket_listener, room, _last_id())
@@ -239,7 +239,7 @@ def htmx_socket(server, label):
 
 
 def init_app(app):
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {"thread_class": CallerReads})
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {"thread_class": CallerReads, "event_class": NoEvent})
     app.before_request(admit_connection)
     app.teardown_request(release_connection)
     app.register_blueprint(bp)

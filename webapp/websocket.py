@@ -61,11 +61,21 @@ def limit_send_buffer(sock, size):
         pass
 
 
+class _FinishedHandshake:
+    """Stands in for wsproto's handshake once the connection is upgraded."""
+
+    def events(self):
+        return ()
+
+
+FINISHED_HANDSHAKE = _FinishedHandshake()
+
+
 class CallerReads:
     """Passed to simple-websocket as ``thread_class``: start no reader greenlet.
 
     The handler greenlet reads the socket itself (``WebSocket.receive``), which saves a
-    greenlet, its stack and an event object per connection.
+    greenlet and its stack per connection.
     """
 
     def __init__(self, target=None, **_kwargs):
@@ -73,6 +83,20 @@ class CallerReads:
 
     def start(self):
         pass
+
+
+class NoEvent:
+    """Passed as ``event_class``: simple-websocket's reader would signal it; ours never
+    waits on it (a gevent Event per socket saved)."""
+
+    def set(self):
+        pass
+
+    def clear(self):
+        pass
+
+    def wait(self, timeout=None):
+        return True
 
 
 class WebSocket:
@@ -115,7 +139,11 @@ class WebSocket:
         self._flusher = None
         self._incoming = None
         self._incoming_bytes = 0
-        self._ready = deque()
+        self._ready = None  # complete messages not yet returned by receive (a list, when any)
+        if self._ws.connection is not None:
+            # After the upgrade wsproto only asks its handshake for pending events, but
+            # keeps the whole HTTP/1.1 machinery alive: ~2 kB per idle socket.
+            self._ws.handshake = FINISHED_HANDSHAKE
         self.closing = False
         self.closed = False
         self.close_code = None
@@ -146,7 +174,7 @@ class WebSocket:
                 if not self.closing:
                     self.close(PROTOCOL_ERROR, "protocol error")
                 log.debug("websocket protocol error: %s", exc)
-        return self._ready.popleft()
+        return self._ready.pop(0)
 
     def _handle_events(self):
         for event in self._ws.events():
@@ -181,6 +209,8 @@ class WebSocket:
         else:
             self._incoming += event.data
         if event.message_finished:
+            if self._ready is None:
+                self._ready = []
             self._ready.append(self._incoming)
             self._incoming = None
             self._incoming_bytes = 0
