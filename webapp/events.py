@@ -1,63 +1,86 @@
 """``GET /<label>/events``: the room as a server-sent event stream.
 
-Each stream is a hub listener whose writes go into a bounded queue; the response
-generator sends what the queue holds. The replay (``Last-Event-ID``, else ``?last_id``)
-is read from the database before the response starts, inside the request; the generator
-itself needs no request context and holds no database connection. Heartbeat comments
-come from the realtime keepalive sweep, so an idle stream survives proxies and a
-departed client is noticed at the next write.
+A stream is answered on the connection's own socket, like a WebSocket after its
+handshake: the response head is built by Flask (so every security header applies) and
+written once; from then on the hub writes each event's bytes (built once per message,
+shared by every stream) without blocking, through the same bounded backlog as sockets
+(``Transport``). The handler greenlet meanwhile reads the socket, so a client that goes
+away is noticed at once. The body ends when the connection closes; heartbeat comments
+come from the realtime keepalive sweep.
+
+The replay (``Last-Event-ID``, else ``?last_id``) is read from the database before
+anything else is sent; the stream holds no database connection while it waits.
 """
 
 import logging
 import time
 
-from flask import Blueprint, Response, abort, current_app, g, request
-from gevent.queue import Full, Queue
+from flask import Blueprint, Response, abort, current_app, request
 
 from . import chat, db, metrics
 from .hub import Listener
-from .websocket import limit_send_buffer
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
 
-QUEUE_SLACK = 500  # events a stream may fall behind (on top of a full replay)
+OPTIONAL_KINDS = frozenset({"room"})  # renames, for the embed: ?events=room
+
+
+class EventStream(Transport):
+    """One client's event stream: written by the hub, read only to notice its end."""
+
+    __slots__ = ("heartbeat",)
+
+    def __init__(self, sock, backlog_limits, send_buffer, heartbeat, on_drop=None):
+        super().__init__(sock, backlog_limits, send_buffer, on_drop)
+        self.heartbeat = heartbeat
+
+    def wait_closed(self):
+        """Block this greenlet until the client (or the server) ends the stream."""
+        while not self.closed:
+            try:
+                if not self._sock.recv(1024):  # a client sends nothing more after its request
+                    break
+            except OSError:
+                break
+        self.teardown()
+
+    def keepalive(self, now, interval, timeout):
+        if self.closed:
+            return
+        if self.backlog_too_old(now):
+            self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
+        elif now - self.last_write >= self.heartbeat:
+            self.write(b": keepalive\n\n")
 
 
 class StreamListener(Listener):
     """Hub membership of one event stream."""
 
-    __slots__ = ("queue", "closed", "last_write", "heartbeat")
+    __slots__ = ("stream",)
 
-    def __init__(self, queue_size, heartbeat, kinds=frozenset()):
+    def __init__(self, kinds=frozenset()):
         super().__init__("sse", kinds)
-        self.queue = Queue(queue_size)
-        self.closed = False
-        self.last_write = time.monotonic()
-        self.heartbeat = heartbeat
+        self.stream = None
 
     def write(self, data):
-        if self.closed:
-            return
-        try:
-            self.queue.put_nowait(data)
-            self.last_write = time.monotonic()
-        except Full:
-            metrics.DROPPED.labels("slow").inc()
-            log.warning("dropped an event stream", extra={"event": "client_dropped", "reason": "too slow"})
-            self.close(1013, "too slow")
+        self.stream.write(data)
 
     def close(self, code, reason):
-        if not self.closed:
-            self.closed = True
-            try:
-                self.queue.put_nowait(None)
-            except Full:
-                pass  # the reader finds ``closed`` after its next item
+        self.stream.teardown()  # EventSource reconnects by itself, with Last-Event-ID
 
     def keepalive(self, now, interval, timeout):
-        if not self.closed and now - self.last_write >= self.heartbeat:
-            self.write(b": keepalive\n\n")
+        if self.stream is not None:
+            self.stream.keepalive(now, interval, timeout)
+
+
+class _Answered(Response):
+    """What the view returns once it has answered on the socket itself: gunicorn's
+    gevent worker reads StopIteration as "this connection is done" (as for flask-sock)."""
+
+    def __call__(self, environ, start_response):
+        raise StopIteration()
 
 
 def stream_view(view):
@@ -75,52 +98,57 @@ def _resume_from():
     return None
 
 
+def _response_head():
+    """The status line and headers, as Flask would send them (after_request hooks run)."""
+    response = current_app.response_class(mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.headers["Connection"] = "close"  # the body ends when the connection does
+    response = current_app.process_response(response)
+    lines = [f"HTTP/1.1 {response.status}"] + [f"{name}: {value}" for name, value in response.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _dropped(reason):
+    metrics.DROPPED.labels("slow").inc()
+    log.warning("dropped an event stream", extra={"event": "client_dropped", "reason": reason})
+
+
 @bp.get("/<label:label>/events")
 @stream_view
 def stream(label):
     """Live messages of a room as ``text/event-stream``, after a replay if asked for."""
     config = current_app.config
     realtime = current_app.extensions["chat.realtime"]
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        abort(501, description="Event streams are served by gunicorn (see the Procfile).")
     room = chat.find_room(label)
     if room is None:
         abort(404, description=f"There is no room {label!r}.")
-    room = chat.RoomRef.of(room)
     if realtime.draining:
         abort(503, description="The server is restarting.")
-    if "gunicorn.socket" in request.environ:
-        limit_send_buffer(request.environ["gunicorn.socket"], config["SOCKET_SEND_BUFFER"])
-    # Beyond messages, a stream may ask for renames (the embed does): ?events=room
-    kinds = frozenset({"room"} & set(request.args.get("events", "").split(",")))
-    listener = StreamListener(config["REPLAY_MAX"] + QUEUE_SLACK, config["SSE_HEARTBEAT"], kinds)
+    room = chat.RoomRef.of(room)
     after = _resume_from()
+    listener = StreamListener(OPTIONAL_KINDS & set(request.args.get("events", "").split(",")))
     realtime.join(listener, room, after)
     try:
+        listener.stream = stream = EventStream(
+            sock,
+            (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
+            config["SOCKET_SEND_BUFFER"],
+            config["SSE_HEARTBEAT"],
+            on_drop=_dropped,
+        )
+        stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
         realtime.start_delivery(listener, room, replay=after is not None)
+        stream.last_write = time.monotonic()
+        stream.wait_closed()
     except db.StorageUnavailable:
+        stream.teardown()  # the head is out: the client sees the stream end, and retries
+    finally:
         realtime.leave(listener)
-        raise
-    # The stream outlives the request: it leaves the hub and releases its admission
-    # when the server closes the response, however the stream ended.
-    admission, token = current_app.extensions["chat.admission"], g.pop("admission", None)
-
-    def finish():
-        realtime.leave(listener)
-        if token is not None:
-            admission.release(token)
-
-    def generate():
-        yield f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode()
-        while True:
-            data = listener.queue.get()
-            if data is None or listener.closed:
-                return
-            yield data
-
-    response = Response(generate(), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.call_on_close(finish)
-    return response
+    return _Answered()
 
 
 def init_app(app):

@@ -2,14 +2,10 @@
 
 flask-sock does the routing and simple-websocket the handshake; after that a connection
 here uses the handler's own greenlet for reading (simple-websocket's reader greenlet is
-never started: see ``CallerReads``) and writes without ever blocking:
-
-* ``write`` sends at once when the kernel buffer has room, which is the common case, and
-  otherwise keeps the rest in a backlog drained by one short-lived greenlet;
-* a backlog older than SEND_BACKLOG_MAX_SECONDS or larger than SEND_BACKLOG_MAX_BYTES
-  marks a client too slow to keep up: it is closed with 1013 (try again later);
-* keepalive pings are sent by the owner's periodic sweep (``keepalive``), not by a timer
-  per socket; a peer that does not answer within PONG_TIMEOUT is cut off.
+never started: see ``CallerReads``) and writes without ever blocking (``Transport``): a
+client too slow to keep up is closed with 1013 (try again later). Keepalive pings are
+sent by the owner's periodic sweep (``keepalive``), not by a timer per socket; a peer
+that does not answer within PONG_TIMEOUT is cut off.
 
 Frames to clients are built once per message (``text_frame``) and shared by every socket.
 No compression is negotiated: a per-socket deflate context would cost ~100 kB each, and
@@ -17,15 +13,14 @@ shared frames need every socket to take the same bytes.
 """
 
 import logging
-import socket
 import time
-from collections import deque
 
 import gevent
-from gevent.socket import wait_write
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +45,6 @@ PING_FRAME = bytes(_encoder.ping())
 def text_frame(text):
     """A complete, unmasked server-to-client text frame: the same bytes for every socket."""
     return bytes(_encoder.send_data(text, fin=True))
-
-
-def limit_send_buffer(sock, size):
-    """Fix a socket's kernel send buffer: a peer that stops reading then fills it soon,
-    and the rest waits in our own bounded backlog instead of megabytes of kernel memory."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-    except OSError:
-        pass
 
 
 class _FinishedHandshake:
@@ -99,44 +85,27 @@ class NoEvent:
         return True
 
 
-class WebSocket:
+class WebSocket(Transport):
     """An accepted WebSocket: ``receive`` in the owner's greenlet, ``write`` from anywhere."""
 
     __slots__ = (
         "_server",
-        "_sock",
         "_ws",
         "_max_message",
-        "_backlog",
-        "_backlog_bytes",
-        "_backlog_since",
-        "_backlog_limits",
-        "_flusher",
         "_incoming",
         "_incoming_bytes",
         "_ready",
-        "closing",
-        "closed",
         "close_code",
         "last_seen",
         "ping_sent",
-        "on_drop",
     )
 
     def __init__(self, server, max_message, backlog_limits, send_buffer=None, on_drop=None):
-        """``server`` is flask-sock's handshaken simple_websocket.Server; ``send_buffer``
-        fixes the kernel's send buffer (bytes)."""
+        """``server`` is flask-sock's handshaken simple_websocket.Server."""
+        super().__init__(server.sock, backlog_limits, send_buffer, on_drop)
         self._server = server
-        self._sock = server.sock
-        if send_buffer:
-            limit_send_buffer(self._sock, send_buffer)
         self._ws = server.ws
         self._max_message = max_message
-        self._backlog = None
-        self._backlog_bytes = 0
-        self._backlog_since = 0.0
-        self._backlog_limits = backlog_limits  # (bytes, seconds)
-        self._flusher = None
         self._incoming = None
         self._incoming_bytes = 0
         self._ready = None  # complete messages not yet returned by receive (a list, when any)
@@ -144,12 +113,9 @@ class WebSocket:
             # After the upgrade wsproto only asks its handshake for pending events, but
             # keeps the whole HTTP/1.1 machinery alive: ~2 kB per idle socket.
             self._ws.handshake = FINISHED_HANDSHAKE
-        self.closing = False
-        self.closed = False
         self.close_code = None
         self.last_seen = time.monotonic()
         self.ping_sent = None
-        self.on_drop = on_drop  # called with a reason when we cut a slow or silent peer
 
     # -- reading (owner's greenlet only) ---------------------------------------------
 
@@ -164,7 +130,7 @@ class WebSocket:
             except OSError:
                 data = b""
             if not data:
-                self._teardown()
+                self.teardown()
                 return None
             self.last_seen = time.monotonic()
             try:
@@ -192,7 +158,7 @@ class WebSocket:
                         self._write_raw(self._ws.send(event.response()))
                     except LocalProtocolError:
                         pass
-                self._teardown()
+                self.teardown()
                 return
 
     def _collect(self, event):
@@ -215,64 +181,11 @@ class WebSocket:
             self._incoming = None
             self._incoming_bytes = 0
 
-    # -- writing (any greenlet; never blocks) ------------------------------------------
-
-    def write(self, data):
-        """Send a frame built by ``text_frame``. Queued if the peer is slow; a peer that
-        falls too far behind is closed with 1013."""
-        if self.closing:
-            return
-        self._write_raw(data)
-        if self._backlog is not None:
-            limit_bytes, limit_seconds = self._backlog_limits
-            age = time.monotonic() - self._backlog_since
-            if self._backlog_bytes > limit_bytes or age > limit_seconds:
-                self._drop(f"too slow: {self._backlog_bytes} bytes waiting for {age:.1f}s")
+    # -- writing ---------------------------------------------------------------------
 
     def send_text(self, text):
         """Send one text message to this socket only (errors, replies)."""
         self.write(text_frame(text))
-
-    def _write_raw(self, data):
-        if self.closed:
-            return
-        if self._backlog is not None:
-            self._backlog.append(data)
-            self._backlog_bytes += len(data)
-            return
-        try:
-            sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0.0 = never wait
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._teardown()
-            return
-        if sent < len(data):
-            self._backlog = deque([memoryview(data)[sent:]])
-            self._backlog_bytes = len(data) - sent
-            self._backlog_since = time.monotonic()
-            self._flusher = gevent.spawn(self._flush)
-
-    def _flush(self):
-        """Drain the backlog as the peer reads; ends when it is empty."""
-        try:
-            while self._backlog:
-                wait_write(self._sock.fileno())
-                chunk = self._backlog[0]
-                try:
-                    sent = self._sock.send(chunk, 0, 0.0)
-                except BlockingIOError:
-                    continue
-                self._backlog_bytes -= sent
-                if sent < len(chunk):
-                    self._backlog[0] = memoryview(chunk)[sent:]
-                else:
-                    self._backlog.popleft()
-            self._backlog = None
-        except (OSError, ValueError):
-            self._teardown()
-        finally:
-            self._flusher = None
 
     # -- closing ---------------------------------------------------------------------
 
@@ -286,19 +199,11 @@ class WebSocket:
         try:
             self._write_raw(self._ws.send(CloseConnection(code=code, reason=reason[:100])))
         except LocalProtocolError:
-            self._teardown()
+            self.teardown()
             return
-        gevent.spawn_later(CLOSE_GRACE, self._teardown)
+        gevent.spawn_later(CLOSE_GRACE, self.teardown)
 
-    def _drop(self, reason):
-        """Give up on a slow peer: keep only the frame in flight, then close with 1013."""
-        if self._backlog:
-            head = self._backlog[0]
-            self._backlog.clear()
-            self._backlog.append(head)
-            self._backlog_bytes = len(head)
-        if self.on_drop:
-            self.on_drop(reason)
+    def drop(self):
         self.close(TRY_AGAIN_LATER, "too slow to keep up")
 
     def keepalive(self, now, interval, timeout):
@@ -306,26 +211,18 @@ class WebSocket:
         and drop one whose backlog has grown too old."""
         if self.closing or self.closed:
             return
-        if self._backlog is not None and now - self._backlog_since > self._backlog_limits[1]:
-            self._drop(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
+        if self.backlog_too_old(now):
+            self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
         elif self.ping_sent is not None:
             if now - self.ping_sent > timeout:
                 if self.on_drop:
                     self.on_drop(f"no answer to ping for {now - self.ping_sent:.1f}s")
-                self._teardown()
+                self.teardown()
         elif now - self.last_seen >= interval:
             self.ping_sent = now
             self._write_raw(PING_FRAME)
 
-    def _teardown(self):
-        """End the TCP connection; the owner's ``receive`` then returns None."""
-        if self.closed:
-            return
-        self.closed = True
-        self._server.connected = False  # flask-sock's own close() becomes a no-op
-        if self._flusher is not None and self._flusher is not gevent.getcurrent():
-            self._flusher.kill(block=False)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    def teardown(self):
+        if not self.closed:
+            self._server.connected = False  # flask-sock's own close() becomes a no-op
+        super().teardown()

@@ -1,0 +1,145 @@
+"""Writing to a client socket without ever blocking: shared by WebSockets and event streams.
+
+``Transport.write`` sends at once when the kernel buffer has room, which is the common
+case, and otherwise keeps the rest in a backlog drained by one short-lived greenlet. A
+backlog older than ``SEND_BACKLOG_MAX_SECONDS`` or larger than ``SEND_BACKLOG_MAX_BYTES``
+marks a client too slow to keep up: it is dropped (``drop``), so one slow reader never
+delays anyone else and never holds more than a bounded amount of memory. The kernel's
+own send buffer is fixed (``limit_send_buffer``): Linux would otherwise grow it to
+megabytes for a client that stopped reading, hiding it from the backlog limit.
+"""
+
+import logging
+import socket
+import time
+from collections import deque
+
+import gevent
+from gevent.socket import wait_write
+
+log = logging.getLogger(__name__)
+
+
+def limit_send_buffer(sock, size):
+    """Fix a socket's kernel send buffer (bytes)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
+
+
+class Transport:
+    """A client socket (a gevent socket) that is written without blocking."""
+
+    __slots__ = (
+        "_sock",
+        "_backlog",
+        "_backlog_bytes",
+        "_backlog_since",
+        "_backlog_limits",
+        "_flusher",
+        "closing",
+        "closed",
+        "last_write",
+        "on_drop",
+    )
+
+    def __init__(self, sock, backlog_limits, send_buffer=None, on_drop=None):
+        """``backlog_limits`` is (bytes, seconds); ``on_drop(reason)`` hears of drops."""
+        self._sock = sock
+        if send_buffer:
+            limit_send_buffer(sock, send_buffer)
+        self._backlog = None
+        self._backlog_bytes = 0
+        self._backlog_since = 0.0
+        self._backlog_limits = backlog_limits
+        self._flusher = None
+        self.closing = False
+        self.closed = False
+        self.last_write = time.monotonic()
+        self.on_drop = on_drop
+
+    def write(self, data):
+        """Send bytes (the same object may go to many clients); queued if the peer is
+        slow; a peer too far behind is dropped."""
+        if self.closing:
+            return
+        self._write_raw(data)
+        if self._backlog is not None:
+            limit_bytes, limit_seconds = self._backlog_limits
+            age = time.monotonic() - self._backlog_since
+            if self._backlog_bytes > limit_bytes or age > limit_seconds:
+                self._too_slow(f"too slow: {self._backlog_bytes} bytes waiting for {age:.1f}s")
+
+    def _write_raw(self, data):
+        if self.closed:
+            return
+        self.last_write = time.monotonic()
+        if self._backlog is not None:
+            self._backlog.append(data)
+            self._backlog_bytes += len(data)
+            return
+        try:
+            sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0.0 = never wait
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.teardown()
+            return
+        if sent < len(data):
+            self._backlog = deque([memoryview(data)[sent:]])
+            self._backlog_bytes = len(data) - sent
+            self._backlog_since = time.monotonic()
+            self._flusher = gevent.spawn(self._flush)
+
+    def _flush(self):
+        """Drain the backlog as the peer reads; ends when it is empty."""
+        try:
+            while self._backlog:
+                wait_write(self._sock.fileno())
+                chunk = self._backlog[0]
+                try:
+                    sent = self._sock.send(chunk, 0, 0.0)
+                except BlockingIOError:
+                    continue
+                self._backlog_bytes -= sent
+                if sent < len(chunk):
+                    self._backlog[0] = memoryview(chunk)[sent:]
+                else:
+                    self._backlog.popleft()
+            self._backlog = None
+        except (OSError, ValueError):
+            self.teardown()
+        finally:
+            self._flusher = None
+
+    def _too_slow(self, reason):
+        """Keep only the bytes already in flight (a frame cut in half would corrupt the
+        stream), tell the owner, and end the connection."""
+        if self._backlog:
+            head = self._backlog[0]
+            self._backlog.clear()
+            self._backlog.append(head)
+            self._backlog_bytes = len(head)
+        if self.on_drop:
+            self.on_drop(reason)
+        self.drop()
+
+    def drop(self):
+        """End a connection whose peer cannot keep up (subclasses say goodbye first)."""
+        self.teardown()
+
+    def backlog_too_old(self, now):
+        return self._backlog is not None and now - self._backlog_since > self._backlog_limits[1]
+
+    def teardown(self):
+        """End the TCP connection; the owner's reads then see it closed."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._flusher is not None and self._flusher is not gevent.getcurrent():
+            self._flusher.kill(block=False)
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
