@@ -1,6 +1,9 @@
 """Storage, on SQLite and on PostgreSQL: rooms, messages, history queries, id order."""
 
+import uuid
+
 import gevent
+import gevent.event
 import pytest
 from peewee import IntegrityError
 
@@ -119,7 +122,7 @@ def test_concurrent_senders_get_ids_in_commit_order(any_app):
     chain = {message.id: previous for message, previous in results}
     ids = sorted(chain)
     assert chain[ids[0]] == 0
-    for earlier, later in zip(ids, ids[1:]):
+    for earlier, later in zip(ids, ids[1:], strict=False):
         assert chain[later] == earlier
 
 
@@ -138,6 +141,40 @@ def test_init_db_command(app):
     result = app.test_cli_runner().invoke(args=["init-db"])
     assert result.exit_code == 0
     assert "schema ready" in result.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_every_pooled_connection_busy_is_a_clear_error_then_recovers(request, tmp_path, backend):
+    from webapp import create_app
+    from webapp.models import database
+
+    url = f"sqlite:///{tmp_path}/chat.sqlite3" if backend == "sqlite" else request.getfixturevalue("postgres").url
+    app = create_app({"DATABASE_URL": url, "SECRET_KEY": "x", "DATABASE_POOL_SIZE": 1,
+                      "DATABASE_WRITE_TIMEOUT": 0.2})
+    try:
+        with app.app_context():
+            db.create_schema()
+            room = chat.open_room(f"busy-{uuid.uuid4().hex[:8]}")  # the PostgreSQL database is shared
+            held, release = gevent.event.Event(), gevent.event.Event()
+
+            def hold():
+                with app.app_context(), db.connection():
+                    held.set()
+                    release.wait()
+
+            holder = gevent.spawn(hold)
+            held.wait(timeout=5)
+            with pytest.raises(db.StorageUnavailable, match="connection of this worker is busy"):
+                chat.send(room, "alice", "while busy", chat.Sender("127.0.0.1"))
+            release.set()
+            holder.join()
+            sent = chat.send(room, "alice", "after", chat.Sender("127.0.0.1"))
+            with db.connection():
+                assert [m.message for m in Message.recent(room.id, 50)] == ["after"]
+            assert sent.id
+    finally:
+        app.extensions["chat.realtime"].stop()
+        database.close_all()
 
 
 def test_an_unreachable_database_is_reported_not_crashed(tmp_path):

@@ -10,13 +10,13 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from functools import wraps
 
 import click
 from flask import current_app, g, request
 from flask.cli import with_appcontext
 from peewee import DatabaseError, InterfaceError, OperationalError, PostgresqlDatabase
 from playhouse import db_url
+from playhouse.pool import MaxConnectionsExceeded
 
 from .models import MODELS, POSTGRES_FUNCTIONS, database
 
@@ -44,13 +44,14 @@ class StorageUnavailable(Exception):
     """The database could not do what was asked (unreachable, locked too long, failing)."""
 
 
-def open_database(url, pool_size=20):
-    """A peewee database for ``url`` (pooled), not yet connected."""
+def open_database(url, pool_size=20, pool_wait=10.0):
+    """A peewee database for ``url`` (pooled, waiting up to ``pool_wait`` seconds for a free
+    connection), not yet connected."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"DATABASE_URL must look like scheme://..., not {url!r}")
     scheme = POOLED_SCHEMES.get(scheme, scheme)
-    options = {"autoconnect": False, "max_connections": pool_size, "stale_timeout": 300, "timeout": 10}
+    options = {"autoconnect": False, "max_connections": pool_size, "stale_timeout": 300, "timeout": pool_wait}
     if scheme.startswith("sqlite"):
         path = rest[1:] if rest.startswith("/") else rest
         if path and path != ":memory:":
@@ -78,14 +79,23 @@ def _make_psycopg_cooperative():
 
 
 @contextmanager
-def connection():
-    """Hold a connection for the block (reusing this greenlet's open one, if any)."""
+def _unavailable_as_storage_errors():
+    """Turn "cannot reach the database" and "no free pooled connection" into StorageUnavailable."""
     try:
-        with database.connection_context():
-            yield
+        yield
     except (OperationalError, InterfaceError) as exc:
         forget_idle_connections()
         raise StorageUnavailable(str(exc)) from exc
+    except MaxConnectionsExceeded as exc:
+        log.warning("no free database connection", extra={"event": "database_busy"})
+        raise StorageUnavailable("every database connection of this worker is busy") from exc
+
+
+@contextmanager
+def connection():
+    """Hold a connection for the block (reusing this greenlet's open one, if any)."""
+    with _unavailable_as_storage_errors(), database.connection_context():
+        yield
 
 
 def forget_idle_connections():
@@ -151,11 +161,8 @@ def _open_for_request():
     if view is None or request.endpoint == "static" or getattr(view, "holds_no_connection", False):
         return
     context = database.connection_context()
-    try:
+    with _unavailable_as_storage_errors():
         context.__enter__()
-    except (OperationalError, InterfaceError) as exc:
-        forget_idle_connections()
-        raise StorageUnavailable(str(exc)) from exc
     g.db_context = context
 
 
@@ -175,7 +182,8 @@ def init_db_command():
 
 def init_app(app):
     """Bind the models to DATABASE_URL and manage a connection per request."""
-    db = open_database(app.config["DATABASE_URL"], app.config["DATABASE_POOL_SIZE"])
+    db = open_database(app.config["DATABASE_URL"], app.config["DATABASE_POOL_SIZE"],
+                       app.config["DATABASE_WRITE_TIMEOUT"])
     database.initialize(db)
     if is_postgres():
         _make_psycopg_cooperative()
