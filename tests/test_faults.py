@@ -9,6 +9,7 @@ import sqlite3
 import time
 
 import gevent
+import psycopg2
 import pytest
 
 from .chaos import Participant, TCPProxy, assert_nothing_lost, stored_messages
@@ -50,7 +51,7 @@ def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
     assert server.post_json("outage", "api", "posted while Redis is down").status_code == 201
     chat_for(crowd, 5, "during")
     for person in crowd:
-        wait_for(lambda: f"during 4 from {person.name}" in person.acknowledged(), message="own echo")
+        wait_for(lambda person=person: f"during 4 from {person.name}" in person.acknowledged(), message="own echo")
     reconnects = server.metric("chat_broker_reconnects_total")
     own_redis.start()  # same port
     started = time.monotonic()
@@ -89,7 +90,8 @@ def test_a_killed_worker_loses_nothing(live, redis_server):
         person = people(server, "killed", 1)[0]
         person.name = f"p{len(crowd)}"
         crowd.append(person)
-        pid = wait_for(lambda: server.worker_holding(person.client.sock.getsockname()[1]), message="its worker")
+        port = person.client.sock.getsockname()[1]
+        pid = wait_for(lambda port=port: server.worker_holding(port), message="its worker")
         holders.setdefault(pid, []).append(person)
         gevent.sleep(0.02)
     assert len(holders) == 2, "clients on both workers"
@@ -172,6 +174,28 @@ def test_postgres_unreachable_then_back(live, redis_server, postgres):
     assert set(server.worker_pids()) == workers, "the workers survived"
 
 
+def test_an_unforeseen_database_error_closes_the_socket_with_1011_and_nothing_else(live, postgres):
+    server = live(database_url=postgres.url)
+    server.open_room("broken")
+    client = server.socket("broken")
+    with psycopg2.connect(postgres.url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE message RENAME TO message_moved")  # an operator's mistake
+    try:
+        client.send("a", "into the void")
+        with pytest.raises(Closed) as closed:
+            client.recv(timeout=5)
+        assert closed.value.code == 1011
+    finally:
+        with psycopg2.connect(postgres.url) as conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE message_moved RENAME TO message")
+    again = server.socket("broken")
+    again.send("a", "after the fix")
+    assert again.recv()["message"] == "after the fix"
+    log = server.log()
+    assert 'event="unhandled_error"' in log and "UndefinedTable" in log
+    assert "Invalid request" not in log  # no HTTP error page written into the socket
+
+
 def test_sqlite_locked_too_long_is_a_clear_error_then_recovers(live, tmp_path):
     path = tmp_path / "locked.sqlite3"
     server = live(database_url=f"sqlite:///{path}", DATABASE_WRITE_TIMEOUT="1")
@@ -239,6 +263,7 @@ def test_a_client_that_stops_reading_never_slows_the_others(live):
              message="the stuck client to be dropped")
     assert _rss(worker) - rss_before < 40 * 1024 * 1024, "the worker's memory stays bounded"
     assert_nothing_lost(readers, stored_messages(server.url, "slow"))
+    stuck.sock.close()
 
 
 def _rss(pid):

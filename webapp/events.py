@@ -47,11 +47,9 @@ class EventStream(Transport):
         self.teardown()
 
     def keepalive(self, now, interval, timeout):
-        if self.closed:
+        if self.closed or self.drop_if_stuck(now):
             return
-        if self.backlog_too_old(now):
-            self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
-        elif now - self.last_write >= self.heartbeat:
+        if now - self.last_write >= self.heartbeat:
             self.write(b": keepalive\n\n")
 
 
@@ -109,8 +107,8 @@ def _response_head():
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _dropped(reason):
-    metrics.DROPPED.labels("slow").inc()
+def _dropped(kind, reason):
+    metrics.DROPPED.labels(kind).inc()
     log.warning("dropped an event stream", extra={"event": "client_dropped", "reason": reason})
 
 

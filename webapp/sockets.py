@@ -142,53 +142,77 @@ def _serve(server, read_frame, reply_error):
         config["FRAME_MAX"],
         (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
         send_buffer=config["SOCKET_SEND_BUFFER"],
-        on_drop=lambda reason: _dropped(address, reason),
+        on_drop=lambda kind, reason: _dropped(address, kind, reason),
     )
     if room is None:
         ws.close(*g.socket_refusal)
     else:
         listener = g.socket_listener
         listener.ws = ws
-        sender = chat.Sender(address, connection=f"ws:{id(ws)}")
-        presence = realtime.presence
-        typed_at = 0.0
+        actions = _Actions(realtime, room, listener, chat.Sender(address, connection=f"ws:{id(ws)}"))
         try:
             realtime.start_delivery(listener, room, replay=_last_id() is not None)
-            if g.socket_handle:
-                presence.enter(listener, room.label, g.socket_handle)
-            if "presence" in listener.kinds:
-                listener.write(realtime.forms.encode(listener.fmt, "presence", presence.handles(room.label)))
+            actions.arrive(g.socket_handle)
             while (frame := ws.receive()) is not None:
                 action = "message"
                 try:
                     action, handle, text = read_frame(frame)
-                    if action == "typing":
-                        if time.monotonic() - typed_at >= config["TYPING_THROTTLE"]:
-                            typed_at = time.monotonic()
-                            handle = chat.clean_handle(handle, config["HANDLE_MAX"])
-                            realtime.broadcast(room.label, "typing", {"handle": handle}, exclude=listener)
-                    elif action == "handle":
-                        presence.enter(listener, room.label, chat.clean_handle(handle, config["HANDLE_MAX"]))
-                    else:
-                        message = chat.send(room, handle, text, sender)
-                        if listener.fmt == "html" or presence.is_listed(listener):
-                            presence.enter(listener, room.label, message.handle)
+                    actions.run(action, handle, text)
                 except chat.BadInput as exc:
-                    if action != "typing":
+                    if action != "typing":  # a refused typing signal is not worth a reply
                         reply_error(ws, str(exc))
                 except db.StorageUnavailable:
                     reply_error(ws, "not stored: the database is unavailable; try again")
         except db.StorageUnavailable:
             ws.close(INTERNAL_ERROR, "database unavailable")
+        except Exception:  # a fault nobody foresaw: say so in the log and close with 1011
+            log.exception("unhandled error on a socket", extra={"event": "unhandled_error", "path": request.path})
+            ws.close(INTERNAL_ERROR, "internal error")
         finally:
             realtime.leave(listener)
-            current_app.extensions["chat.throttle"].forget(sender.connection)
+            current_app.extensions["chat.throttle"].forget(actions.sender.connection)
     while ws.receive() is not None:  # let the close handshake finish
         pass
 
 
-def _dropped(address, reason):
-    metrics.DROPPED.labels("silent" if "ping" in reason else "slow").inc()
+class _Actions:
+    """What one socket's frames ask for: a message, a typing signal, a new name."""
+
+    def __init__(self, realtime, room, listener, sender):
+        self.realtime, self.room, self.listener, self.sender = realtime, room, listener, sender
+        self.limit = current_app.config["HANDLE_MAX"]
+        self.typing_every = current_app.config["TYPING_THROTTLE"]
+        self.typed_at = 0.0
+
+    def arrive(self, handle):
+        """List the socket as here (if it said who it is) and show it who else is."""
+        presence, listener = self.realtime.presence, self.listener
+        if handle:
+            presence.enter(listener, self.room.label, handle)
+        if "presence" in listener.kinds:
+            listener.write(self.realtime.forms.encode(listener.fmt, "presence", presence.handles(self.room.label)))
+
+    def run(self, action, handle, text):
+        """Do what a frame asks (``action`` is one of the three the frame readers return)."""
+        {"message": self.message, "typing": self.typing, "handle": self.handle}[action](handle, text)
+
+    def message(self, handle, text):
+        stored = chat.send(self.room, handle, text, self.sender)
+        if self.listener.fmt == "html" or self.realtime.presence.is_listed(self.listener):
+            self.realtime.presence.enter(self.listener, self.room.label, stored.handle)
+
+    def typing(self, handle, _text):
+        if time.monotonic() - self.typed_at >= self.typing_every:
+            self.typed_at = time.monotonic()
+            handle = chat.clean_handle(handle, self.limit)
+            self.realtime.broadcast(self.room.label, "typing", {"handle": handle}, exclude=self.listener)
+
+    def handle(self, handle, _text):
+        self.realtime.presence.enter(self.listener, self.room.label, chat.clean_handle(handle, self.limit))
+
+
+def _dropped(address, kind, reason):
+    metrics.DROPPED.labels(kind).inc()
     log.warning("dropped a socket", extra={"event": "client_dropped", "address": address, "reason": reason})
 
 

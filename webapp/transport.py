@@ -45,7 +45,8 @@ class Transport:
     )
 
     def __init__(self, sock, backlog_limits, send_buffer=None, on_drop=None):
-        """``backlog_limits`` is (bytes, seconds); ``on_drop(reason)`` hears of drops."""
+        """``backlog_limits`` is (bytes, seconds); ``on_drop(kind, reason)`` hears of
+        drops (kind: "slow", or "silent" for a peer that stopped answering)."""
         self._sock = sock
         if send_buffer:
             limit_send_buffer(sock, send_buffer)
@@ -122,15 +123,20 @@ class Transport:
             self._backlog.append(head)
             self._backlog_bytes = len(head)
         if self.on_drop:
-            self.on_drop(reason)
+            self.on_drop("slow", reason)
         self.drop()
 
     def drop(self):
         """End a connection whose peer cannot keep up (subclasses say goodbye first)."""
         self.teardown()
 
-    def backlog_too_old(self, now):
-        return self._backlog is not None and now - self._backlog_since > self._backlog_limits[1]
+    def drop_if_stuck(self, now):
+        """Drop the client if its backlog has waited longer than allowed (a peer that
+        stopped reading between writes); True if it was dropped."""
+        if self._backlog is None or now - self._backlog_since <= self._backlog_limits[1]:
+            return False
+        self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
+        return True
 
     def teardown(self):
         """End the TCP connection; the owner's reads then see it closed."""

@@ -209,14 +209,12 @@ class WebSocket(Transport):
     def keepalive(self, now, interval, timeout):
         """Called periodically by the owner: ping an idle peer, cut one that went silent,
         and drop one whose backlog has grown too old."""
-        if self.closing or self.closed:
+        if self.closing or self.closed or self.drop_if_stuck(now):
             return
-        if self.backlog_too_old(now):
-            self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
-        elif self.ping_sent is not None:
+        if self.ping_sent is not None:
             if now - self.ping_sent > timeout:
                 if self.on_drop:
-                    self.on_drop(f"no answer to ping for {now - self.ping_sent:.1f}s")
+                    self.on_drop("silent", f"no answer to ping for {now - self.ping_sent:.1f}s")
                 self.teardown()
         elif now - self.last_seen >= interval:
             self.ping_sent = now
