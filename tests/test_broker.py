@@ -6,6 +6,7 @@ it, or drop the subscriber the way Redis drops one whose output buffer overflows
 import uuid
 
 import gevent
+import gevent.queue
 import pytest
 
 from webapp.broker import InProcessBroker, RedisBroker
@@ -102,6 +103,17 @@ def test_a_dead_redis_never_blocks_or_breaks_publishing(redis_pair):
         pair[0].publish("lobby", b"while down %d" % n)  # returns at once, raises nothing
     assert gevent.get_hub().loop.now() - started_at < 0.5
     wait_for(lambda: not pair[1].subscribed, message="the subscriber to notice")
+
+
+def test_a_full_publish_queue_keeps_the_newest_copies_and_says_so_once(redis_pair, caplog):
+    server, pair = redis_pair
+    publisher = pair[0]
+    publisher._queue = gevent.queue.Queue(3)  # not started: nothing drains it
+    for n in range(10):
+        publisher.publish("lobby", b"%d" % n)
+    assert [publisher._queue.get_nowait()[1] for _ in range(3)] == [b"7", b"8", b"9"]
+    warnings = [r for r in caplog.records if getattr(r, "event", None) == "broker_queue_full"]
+    assert len(warnings) == 1  # one line per DROP_LOG_EVERY seconds, not one per copy
 
 
 def test_subscribers_come_back_by_themselves_and_resync(redis_pair):

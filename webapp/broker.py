@@ -16,6 +16,7 @@ the source of truth.
 
 import logging
 import os
+import socket
 import time
 
 import gevent
@@ -73,6 +74,7 @@ class RedisBroker(Broker):
 
     PUBLISH_QUEUE = 10_000
     PUBLISH_BATCH = 200
+    DROP_LOG_EVERY = 5.0  # seconds between "dropped copies" warnings
 
     def __init__(self, url, prefix="chat", backoff_max=2.0, on_state=None):
         self.url = url
@@ -80,19 +82,21 @@ class RedisBroker(Broker):
         self.backoff_max = backoff_max
         self._on_state = on_state or (lambda event: None)
         self._queue = Queue(self.PUBLISH_QUEUE)
+        self._dropped = 0
+        self._drop_logged_at = float("-inf")
         self._greenlets = []
         self._pid = None
         self.subscribed = False
         # Our loops own reconnecting (with backoff and a log line), so redis-py's own
         # retries are off: a failure shows up at once instead of after silent retries.
-        options = dict(
-            socket_connect_timeout=2,
-            socket_keepalive=True,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._client = redis.Redis.from_url(url, socket_timeout=5, **options)
+        options = dict(socket_connect_timeout=2, socket_keepalive=True, retry=Retry(NoBackoff(), 0))
+        self._client = redis.Redis.from_url(url, socket_timeout=5, health_check_interval=5, **options)
         self._probe = redis.Redis.from_url(url, socket_timeout=1, **options)
+        # The subscriber blocks in one read for as long as the channel is quiet; a Redis
+        # that went away without closing the connection is noticed by TCP keepalive
+        # (about 25 s), and the sweep fills any gap from the database meanwhile.
+        self._subscriber = redis.Redis.from_url(url, socket_timeout=None, socket_keepalive_options={
+            socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}, **options)
 
     def channel(self, name):
         return f"{self.prefix}:{name}"
@@ -110,11 +114,16 @@ class RedisBroker(Broker):
         try:
             self._queue.put_nowait((self.channel(channel), payload))
         except Full:
-            # Redis has been away for a long time: the oldest copies go; the messages
-            # themselves are stored, and every subscriber catches up on reconnect.
+            # Redis has been away (or too slow) for long: the oldest copies go. The messages
+            # themselves are stored, and subscribers catch up on the gap by id.
             self._queue.get_nowait()
             self._queue.put_nowait((self.channel(channel), payload))
-            log.warning("publish queue full: dropped the oldest copy", extra={"event": "broker_queue_full"})
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged_at >= self.DROP_LOG_EVERY:
+                log.warning("publish queue full: dropped the oldest copies",
+                            extra={"event": "broker_queue_full", "dropped": self._dropped})
+                self._dropped, self._drop_logged_at = 0, now
 
     def healthy(self):
         try:
@@ -135,18 +144,18 @@ class RedisBroker(Broker):
         pattern = self.channel("*")
         failures = 0
         while True:
-            pubsub = self._client.pubsub()
+            pubsub = self._subscriber.pubsub()
             try:
                 pubsub.psubscribe(pattern)
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
+                # listen() reads the socket only when hiredis has nothing buffered, without
+                # the readiness polls that get_message(timeout) makes for every message.
+                for message in pubsub.listen():
                     if message["type"] == "pmessage":
                         on_event(message["data"])
                     elif message["type"] == "psubscribe":
                         if failures:
-                            log.info("subscribed to Redis again", extra={"event": "broker_reconnected", "attempts": failures})
+                            log.info("subscribed to Redis again",
+                                     extra={"event": "broker_reconnected", "attempts": failures})
                             self._on_state("reconnect")
                         failures = 0
                         self.subscribed = True
@@ -181,7 +190,8 @@ class RedisBroker(Broker):
                 pipe.execute()
                 batch = []
                 if failures:
-                    log.info("publishing to Redis again", extra={"event": "broker_publish_recovered", "attempts": failures})
+                    log.info("publishing to Redis again",
+                             extra={"event": "broker_publish_recovered", "attempts": failures})
                 failures = 0
             except (redis.RedisError, OSError) as exc:
                 delay = self._backoff(failures)
