@@ -2,7 +2,7 @@
 
 import json
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, jsonify, request, url_for
 
 from . import chat
 from .extensions import csrf
@@ -55,11 +55,7 @@ def _int_arg(name, low, high=None):
 @bp.get("/rooms")
 def rooms():
     """The most recently active rooms, with how many people are in each now."""
-    rooms = [room.as_dict() for room in Room.recently_active(ROOMS_MAX)]
-    here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
-    for room in rooms:
-        room["here"] = here.get(room["label"], 0)
-    return {"rooms": rooms}
+    return {"rooms": chat.active_rooms(ROOMS_MAX)}
 
 
 @bp.get("/rooms/<label>/messages")

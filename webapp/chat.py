@@ -19,7 +19,7 @@ from .models import Message, Room
 
 # Control characters (C0, DEL, C1): refused everywhere except newline and tab in messages.
 _CONTROL_IN_MESSAGE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_IN_HANDLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class BadInput(ValueError):
@@ -48,16 +48,21 @@ def _text(value, field):
     return value
 
 
+def _clean_line(value, field, limit, missing):
+    """One line of text, trimmed, 1..limit characters, or BadInput."""
+    line = _text(value, field).strip()
+    if not line:
+        raise BadInput(missing)
+    if len(line) > limit:
+        raise BadInput(f"{field} is longer than {limit} characters")
+    if _CONTROL_IN_LINE.search(line):
+        raise BadInput(f"{field} must be one line without control characters")
+    return line
+
+
 def clean_handle(value, limit):
     """The handle trimmed, or BadInput."""
-    handle = _text(value, "handle").strip()
-    if not handle:
-        raise BadInput("handle is required")
-    if len(handle) > limit:
-        raise BadInput(f"handle is longer than {limit} characters")
-    if _CONTROL_IN_HANDLE.search(handle):
-        raise BadInput("handle must be one line without control characters")
-    return handle
+    return _clean_line(value, "handle", limit, "handle is required")
 
 
 def clean_message(value, limit):
@@ -74,14 +79,7 @@ def clean_message(value, limit):
 
 def clean_room_name(value, limit):
     """A room's display name, trimmed, or BadInput."""
-    name = _text(value, "name").strip()
-    if not name:
-        raise BadInput("the room needs a name")
-    if len(name) > limit:
-        raise BadInput(f"a room name is at most {limit} characters")
-    if _CONTROL_IN_HANDLE.search(name):
-        raise BadInput("a room name is one line without control characters")
-    return name
+    return _clean_line(value, "room name", limit, "the room needs a name")
 
 
 def parse_fields(data):
@@ -152,6 +150,15 @@ def rename(room, name, sender):
     room.name = name
     current_app.extensions["chat.realtime"].broadcast(room.label, "room", {"name": name})
     return name
+
+
+def active_rooms(limit):
+    """The most recently active rooms (JSON form), each with how many people are in it."""
+    rooms = [room.as_dict() for room in Room.recently_active(limit)]
+    here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
+    for room in rooms:
+        room["here"] = here.get(room["label"], 0)
+    return rooms
 
 
 def find_room(label):

@@ -9,7 +9,7 @@ import logging
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
 
-from . import chat, db, labels
+from . import chat, labels
 from .extensions import csrf
 from .models import Message, Room
 
@@ -22,11 +22,7 @@ HOME_ROOMS = 20
 @bp.get("/")
 def index():
     """The home page: create a room, or join one of the recently active ones."""
-    rooms = [room.as_dict() for room in Room.recently_active(HOME_ROOMS)]
-    here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
-    for room in rooms:
-        room["here"] = here.get(room["label"], 0)
-    return render_template("index.html", rooms=rooms)
+    return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS))
 
 
 @bp.route("/new/", methods=["GET", "POST"])
@@ -73,6 +69,17 @@ def room(label):
     return _room_page(chat.open_room(label))
 
 
+def _from_htmx():
+    return "HX-Request" in request.headers
+
+
+def _done(label):
+    """A form post succeeded: htmx needs nothing back; a plain browser goes back to the room."""
+    if _from_htmx():
+        return "", 204
+    return redirect(url_for("pages.room", label=label), 303)
+
+
 def _existing_room(label):
     room = Room.by_label(label)
     if room is None:
@@ -85,17 +92,14 @@ def post_message(label):
     """The form's plain (no-JS) post, and the htmx post of the fallback mode."""
     room = _existing_room(label)
     form = {"handle": request.form.get("handle", ""), "message": request.form.get("message", "")}
-    htmx = "HX-Request" in request.headers
     try:
         message = chat.send(room, form["handle"], form["message"], chat.Sender(request.remote_addr))
     except chat.BadInput as exc:
-        if htmx:
+        if _from_htmx():
             return render_template("_send_error.html", error=str(exc)), exc.status
         return _room_page(room, exc.status, error=str(exc), form=form)
     session["handle"] = message.handle
-    if htmx:
-        return "", 204
-    return redirect(url_for("pages.room", label=label), 303)
+    return _done(label)
 
 
 @bp.post("/<label:label>/handle")
@@ -105,12 +109,10 @@ def set_handle(label):
     try:
         session["handle"] = chat.clean_handle(request.form.get("handle", ""), current_app.config["HANDLE_MAX"])
     except chat.BadInput as exc:
-        if "HX-Request" in request.headers:
+        if _from_htmx():
             return render_template("_send_error.html", error=str(exc)), exc.status
         abort(exc.status, description=str(exc))
-    if "HX-Request" in request.headers:
-        return "", 204
-    return redirect(url_for("pages.room", label=label), 303)
+    return _done(label)
 
 
 @bp.post("/<label:label>/name")
@@ -120,12 +122,10 @@ def rename(label):
     try:
         chat.rename(room, request.form.get("name", ""), chat.Sender(request.remote_addr))
     except chat.BadInput as exc:
-        if "HX-Request" in request.headers:
+        if _from_htmx():
             return render_template("_rename_error.html", error=str(exc)), exc.status
         return _room_page(room, exc.status, rename_error=str(exc))
-    if "HX-Request" in request.headers:
-        return "", 204
-    return redirect(url_for("pages.room", label=label), 303)
+    return _done(label)
 
 
 @bp.get("/<label:label>/embed")

@@ -121,7 +121,7 @@ class RedisPresence(MemoryPresence):
                 found = pipe.execute()
         except (redis.RedisError, OSError):
             return super().counts(labels)
-        return {label: len(_handles(members)) for label, members in zip(labels, found)}
+        return {label: len(_handles(members)) for label, members in zip(labels, found, strict=True)}
 
     def refresh(self):
         """Extend this process's entries (called every ttl / 3 seconds)."""

@@ -12,7 +12,8 @@
 * ``keepalive`` pings idle sockets and cuts silent ones; ``drain`` closes everything
   with 1012 when the worker is told to stop, so clients reconnect elsewhere.
 
-Loops start lazily, once per process (after gunicorn forks), on first use.
+Loops start once per process, after gunicorn forks: when the worker boots
+(``gunicorn.conf.py``), or on first use elsewhere.
 """
 
 import json
@@ -141,10 +142,7 @@ class Realtime:
         Raises db.StorageUnavailable if the replay cannot be read (the caller closes).
         """
         if replay:
-            replay_max = self.config["REPLAY_MAX"]
-            with db.connection():
-                rows = Message.after(room.id, listener.sent_id, replay_max + 1)
-                recent = Message.recent(room.id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
+            rows, recent = self._missed(room.id, listener.sent_id)
             if recent is not None:
                 listener.write(self.forms.encode(listener.fmt, "reset", self._reset_payload(room.label, recent)))
                 listener.sent_id = recent[-1].id
@@ -162,6 +160,16 @@ class Realtime:
         if listener.channel is not None:
             self.hub.leave(listener)
             metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).dec()
+
+    def _missed(self, room_id, after_id):
+        """What a room stored after ``after_id``: (rows, None), or, when that is more than
+        REPLAY_MAX, (rows, the room's latest history) for an explicit reset."""
+        replay_max = self.config["REPLAY_MAX"]
+        with self.app.app_context(), db.connection():
+            rows = Message.after(room_id, after_id, replay_max + 1)
+            if len(rows) <= replay_max:
+                return rows, None
+            return rows, Message.recent(room_id, self.config["HISTORY_SIZE"])
 
     @staticmethod
     def _reset_payload(label, recent):
@@ -182,10 +190,7 @@ class Realtime:
                 return
             if not channel.pending and channel.known_latest <= channel.last_id:
                 return
-            replay_max = self.config["REPLAY_MAX"]
-            with self.app.app_context(), db.connection():
-                rows = Message.after(channel.room_id, channel.last_id, replay_max + 1)
-                recent = Message.recent(channel.room_id, self.config["HISTORY_SIZE"]) if len(rows) > replay_max else None
+            rows, recent = self._missed(channel.room_id, channel.last_id)
             if recent is not None:
                 log.warning("more missed than replay sends; listeners reset",
                             extra={"event": "room_reset", "room": channel.label, "listeners": len(channel.listeners)})
