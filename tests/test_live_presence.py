@@ -10,7 +10,6 @@ import requests
 
 from .html import parse
 from .sseclient import SSEClient
-from .support import wait_for
 from .wsclient import WSClient
 
 pytestmark = pytest.mark.live
@@ -127,7 +126,7 @@ def test_a_rename_reaches_every_kind_of_client_and_keeps_the_label(live):
     assert page.by_id("room-name").text() == "Book club <3"
     assert page.by_id("room-label").text() == "old-name"
     assert server.get("/api/rooms").json()["rooms"][0]["name"] == "Book club <3"
-    for bad, reason in [("", "needs a name"), ("x" * 81, "at most 80"), ("tab\there", "one line")]:
+    for bad, reason in [("", "needs a name"), ("x" * 81, "longer than 80"), ("tab\there", "one line")]:
         refused = session.post(f"{server.url}/old-name/name", data={"csrf_token": token, "name": bad})
         assert refused.status_code == 422 and reason in parse(refused.text).by_id("rename-error").text()
     assert session.post(f"{server.url}/old-name/name", data={"name": "no token"}).status_code == 400
@@ -215,6 +214,7 @@ def test_the_home_page_counts_who_is_in_each_room(live):
     server.open_room("empty")
     first, second = Watcher(server, "busy", handle="a"), Watcher(server, "busy", handle="b")
     second.presence(["a", "b"])
+    assert first.presence(["a", "b"])
     home = parse(server.get("/").text)
     rooms = {item.find(lambda n: n.tag == "a").attrs["href"]: item.text() for item in home.by_id("rooms").all(
         lambda n: n.tag == "li")}
