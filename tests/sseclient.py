@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
+def recv_within(sock, timeout):
+    """What the socket has (b"" once the peer has gone), or TimeoutError after ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(65536)
+    except socket.timeout:
+        raise TimeoutError("nothing received in time") from None
+    except OSError:
+        return b""
+
+
 @dataclass
 class Event:
     event: str = "message"
@@ -48,13 +59,7 @@ class SSEClient:
     # -- bytes ------------------------------------------------------------------------
 
     def _fill(self, timeout):
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            raise TimeoutError("nothing received in time") from None
-        except OSError:
-            data = b""
+        data = recv_within(self.sock, timeout)
         if not data:
             self._eof = True
         self._raw += data

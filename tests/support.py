@@ -216,7 +216,8 @@ class LiveServer:
                 for row in list(rows)[1:]:
                     fields = row.split()
                     local, remote = fields[1], fields[2]
-                    if int(local.rsplit(":", 1)[1], 16) == self.port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                    local_port, remote_port = (int(end.rsplit(":", 1)[1], 16) for end in (local, remote))
+                    if local_port == self.port and remote_port == client_port:
                         inodes.add(f"socket:[{fields[9]}]")
         for pid in self.worker_pids():
             try:
@@ -256,6 +257,15 @@ class LiveServer:
     def post_json(self, label, handle, message):
         return requests.post(f"{self.url}/api/rooms/{label}/messages", json={"handle": handle, "message": message},
                              timeout=10)
+
+    def post_many(self, label, count):
+        """Post ``count`` messages "m0".."m<count-1>" after a first one; return that first id
+        and the latest id."""
+        first = self.post_json(label, "a", "first").json()["id"]
+        latest = first
+        for n in range(count):
+            latest = self.post_json(label, "a", f"m{n}").json()["id"]
+        return first, latest
 
     def metric(self, name, **labels):
         """The value of one sample on /metrics (0 when absent)."""

@@ -88,10 +88,7 @@ def test_the_header_wins_over_the_query_parameter(cluster):
 def test_more_than_five_hundred_missed_is_a_reset_event(live):
     server = live(RATE_LIMIT="0")
     server.open_room("flood")
-    first = server.post_json("flood", "a", "first").json()["id"]
-    for n in range(505):
-        server.post_json("flood", "a", f"m{n}")
-    latest = server.get("/api/rooms/flood/messages?limit=1").json()["messages"][0]["id"]
+    first, latest = server.post_many("flood", 505)
     stream = server.events("flood", last_id=first)
     reset = stream.next_event()
     assert reset.event == "reset"

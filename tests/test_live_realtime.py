@@ -67,15 +67,20 @@ def test_messages_cross_between_two_servers_sharing_redis(live, redis_server, tm
     assert texts(alice.messages()) == texts(bob.messages())
 
 
-def test_concurrent_senders_on_both_workers_everyone_sees_the_same_order(cluster):
-    cluster.open_room("busy")
-    clients = [cluster.socket("busy") for _ in range(8)]
+def _all_at_once(clients, count):
+    """Every client sends ``count`` messages ("u<i>-<n>"), all of them at the same time."""
 
     def chatter(client, who):
-        for n in range(15):
+        for n in range(count):
             client.send(who, f"{who}-{n}")
 
     gevent.joinall([gevent.spawn(chatter, c, f"u{i}") for i, c in enumerate(clients)])
+
+
+def test_concurrent_senders_on_both_workers_everyone_sees_the_same_order(cluster):
+    cluster.open_room("busy")
+    clients = [cluster.socket("busy") for _ in range(8)]
+    _all_at_once(clients, 15)
     orders = []
     for client in clients:
         got = client.collect(120, timeout=20)
@@ -141,10 +146,7 @@ def test_replay_while_messages_keep_arriving_has_no_gap_and_no_double(cluster):
 def test_more_than_five_hundred_missed_is_an_explicit_reset(live):
     server = live(RATE_LIMIT="0")
     server.open_room("flood")
-    first = server.post_json("flood", "a", "first").json()["id"]
-    for n in range(510):
-        server.post_json("flood", "a", f"m{n}")
-    latest = server.get("/api/rooms/flood/messages?limit=1").json()["messages"][0]["id"]
+    first, latest = server.post_many("flood", 510)
     late = server.socket("flood", last_id=first)
     assert late.recv() == {"reset": True, "latest": latest}
     server.post_json("flood", "a", "after the reset")
@@ -154,9 +156,7 @@ def test_more_than_five_hundred_missed_is_an_explicit_reset(live):
 def test_exactly_five_hundred_missed_are_all_replayed(live):
     server = live(RATE_LIMIT="0")
     server.open_room("full")
-    first = server.post_json("full", "a", "first").json()["id"]
-    for n in range(500):
-        server.post_json("full", "a", f"m{n}")
+    first, _ = server.post_many("full", 500)
     got = server.socket("full", last_id=first).collect(500)
     assert texts(got) == [f"m{n}" for n in range(500)]
 
@@ -291,12 +291,7 @@ def test_two_workers_on_postgres(live, redis_server, postgres, backend):
     server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url, database_url=postgres.url)
     server.open_room("pg")
     clients = [server.socket("pg") for _ in range(10)]
-
-    def chatter(client, who):
-        for n in range(10):
-            client.send(who, f"{who}-{n}")
-
-    gevent.joinall([gevent.spawn(chatter, c, f"u{i}") for i, c in enumerate(clients)])
+    _all_at_once(clients, 10)
     orders = [[m["id"] for m in c.collect(100, timeout=20)] for c in clients]
     assert all(order == orders[0] == sorted(orders[0]) for order in orders)
     late = server.socket("pg", last_id=orders[0][49])

@@ -9,7 +9,8 @@ HANDLE_MAX, MESSAGE_MAX = 50, 2000
 
 @pytest.mark.parametrize(
     "raw, cleaned",
-    [("alice", "alice"), ("  bob  ", "bob"), ("Zoë 🐙", "Zoë 🐙"), ("x" * 50, "x" * 50), ("  " + "y" * 50 + "\n", "y" * 50)],
+    [("alice", "alice"), ("  bob  ", "bob"), ("Zoë 🐙", "Zoë 🐙"), ("x" * 50, "x" * 50),
+     ("  " + "y" * 50 + "\n", "y" * 50)],
 )
 def test_good_handles_are_trimmed(raw, cleaned):
     assert chat.clean_handle(raw, HANDLE_MAX) == cleaned

@@ -24,6 +24,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .sseclient import recv_within
+
 
 class Refused(Exception):
     """The server answered the handshake with an HTTP status instead of 101."""
@@ -77,13 +79,7 @@ class WSClient:
                         raise Refused(status)
 
     def _read(self, timeout):
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            raise TimeoutError("nothing received in time") from None
-        except OSError:
-            data = b""
+        data = recv_within(self.sock, timeout)
         self.ws.receive_data(data or None)
         return list(self.ws.events())
 
