@@ -8,6 +8,13 @@
   const FALLBACK_WINDOW = 15000; // ... within this many ms switch to the event stream
   const FIRST_OPEN_TIMEOUT = 6000; // a socket that never opens counts as a failure
   const STABLE_AFTER = 3000; // a socket open this long is a working socket
+  // Closes the server sends on purpose (internal error, restarting, try again later):
+  // the socket reached it, so they never count towards the fallback, and after "server
+  // restarting" neither do failures for a while (the old process may still answer HTTP
+  // on a kept-alive connection while it refuses new sockets).
+  const SERVER_CLOSES = [1011, 1012, 1013];
+  const RESTARTING = 1012;
+  const RESTART_GRACE = 30000;
   const NEAR_BOTTOM = 80; // px: closer than this to the end keeps following new messages
 
   const $ = (id) => document.getElementById(id);
@@ -186,8 +193,9 @@
   // -- WebSocket, and the event stream where WebSockets are blocked ------------------
   //
   // The page chats over its WebSocket (htmx ws extension). When sockets fail twice
-  // within 15 s without working (refused by a proxy, or closed as soon as opened), or
-  // the first one does not open within 6 s, the page switches to the fallback: it
+  // within 15 s without working (refused by a proxy, or closed as soon as opened, but
+  // not closed by the server itself, as it does while restarting), or the first one
+  // does not open within 6 s, the page switches to the fallback: it
   // receives over the event stream (resuming after its newest row) and sends with
   // ordinary htmx POSTs. The WebSocket keeps retrying in the background; when one opens
   // and stays open, the page switches back and closes the stream.
@@ -196,10 +204,12 @@
   let failures = [];
   let openedAt = 0;
   let stream = null;
+  let restartedAt = -Infinity;
 
   // A failed socket counts towards the fallback only if the server answers plain HTTP
   // and is healthy: while it is down or restarting, both would fail alike.
   function failure() {
+    if (Date.now() - restartedAt < RESTART_GRACE) return;
     fetch("/healthz", { cache: "no-store" }).then((response) => {
       if (!response.ok) return;
       const now = Date.now();
@@ -257,11 +267,13 @@
       setStatus(mode === "stream" ? "fallback" : "live");
       stableTimer = setTimeout(() => { failures = []; useSocket(); setStatus("live"); }, STABLE_AFTER);
     });
-    document.body.addEventListener("htmx:wsClose", () => {
+    document.body.addEventListener("htmx:wsClose", (event) => {
       clearTimeout(stableTimer);
       const lived = openedAt ? Date.now() - openedAt : 0;
       openedAt = 0;
-      if (lived < STABLE_AFTER) failure();
+      const code = event.detail.event && event.detail.event.code;
+      if (code === RESTARTING) restartedAt = Date.now();
+      if (lived < STABLE_AFTER && !SERVER_CLOSES.includes(code)) failure();
       if (mode === "socket") setStatus("reconnecting");
     });
     // (A socket that fails fires "error" and then "close": only the close counts, once.)

@@ -23,6 +23,15 @@ def wait_live(page):
     expect(page.locator("#status")).to_have_attribute("data-state", "live")
 
 
+# Every state the connection status shows from now on, in order, in window.statesSeen.
+RECORD_STATES = """() => {
+    const status = document.getElementById("status");
+    window.statesSeen = [];
+    new MutationObserver(() => window.statesSeen.push(status.dataset.state))
+        .observe(status, { attributes: true, attributeFilter: ["data-state"] });
+}"""
+
+
 def say(page, message, handle=None):
     if handle is not None:
         page.fill("#handle", handle)
@@ -176,6 +185,7 @@ def test_the_page_reconnects_after_a_restart_and_misses_nothing(live, redis_serv
     first.open_room("restart")
     page = open_page(first.url + "/restart/")
     wait_live(page)
+    page.evaluate(RECORD_STATES)
     other.post_json("restart", "ann", "before the restart")
     expect(page.locator("#chat .msg")).to_have_count(1)
     first.stop()  # SIGTERM: sockets are closed with 1012, the page starts reconnecting
@@ -190,6 +200,8 @@ def test_the_page_reconnects_after_a_restart_and_misses_nothing(live, redis_serv
     ids = [row[0] for row in rows(page)]
     assert ids == sorted(set(ids))
     assert texts(page) == ["before the restart"] + [f"while it was down {n}" for n in range(3)] + ["after"]
+    # A restart is not a blocked socket: the page never showed the event-stream fallback.
+    assert "fallback" not in page.evaluate("window.statesSeen"), page.evaluate("window.statesSeen")
 
 
 PAYLOADS = [line for line in open(__file__.replace("test_chat_in_browser.py", "xss_payloads.txt")).read().splitlines()
@@ -255,7 +267,8 @@ def test_screenshots(server, open_page, screenshot, size):
     room.fill("#handle", "ann")
     room.press("#handle", "Tab")
     expect(room.locator("#presence")).to_have_text("ann")
-    room.evaluate("document.querySelectorAll('#chat .msg').forEach(r => r.classList.toggle('mine', r.dataset.handle === 'ann'))")
+    room.evaluate("document.querySelectorAll('#chat .msg')"
+                  ".forEach(r => r.classList.toggle('mine', r.dataset.handle === 'ann'))")
     screenshot(room, f"room-{size}")
     embed = open_page(server.url + "/design-review/embed", viewport=viewport)
     expect(embed.locator("#status")).to_have_attribute("data-state", "live")
