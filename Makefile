@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: run test test-fast install install-dev system-deps bench vendor lint clean
+.PHONY: run test test-fast install install-dev system-deps bench profile vendor lint clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ system-deps:
 ## The benchmark: boots gunicorn + Redis, prints a table, writes bench/results/.
 bench: install-dev system-deps
 	$(BIN)/python -m bench.run
+
+## Where a worker's CPU goes at 20,000 deliveries/s (py-spy): writes bench/results/profile.txt.
+profile: install-dev system-deps
+	$(BIN)/python -m bench.profile
+
+## Lint (ruff: pyflakes, pycodestyle, bugbear).
+lint: install-dev
+	$(BIN)/ruff check webapp tests bench examples wsgi.py gunicorn.conf.py
 
 ## Refresh the vendored htmx files from the npm registry.
 vendor:

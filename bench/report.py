@@ -13,10 +13,10 @@ def _fmt(value, digits=1):
 
 def _table(title, header, rows):
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
-    lines = [title, "  ".join(str(h).rjust(w) for h, w in zip(header, widths))]
+    lines = [title, "  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        lines.append("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
     return "\n".join(lines)
 
 
@@ -161,11 +161,7 @@ def plots(results, directory):
                 ax.plot(sizes, [s["latency_ms"][stat] for s in fan["sizes"]], style, label=f"{label} {stat}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("room size (members)")
-        ax.set_ylabel("delivery latency (ms)")
-        ax.set_title("Fan-out: latency vs room size")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _label(ax, "room size (members)", "delivery latency (ms)", "Fan-out: latency vs room size", grid="both")
         written.append(_save(fig, directory, "latency_vs_room_size.png"))
 
     # Deliveries/s vs offered load.
@@ -186,18 +182,12 @@ def plots(results, directory):
                     ax.plot([s["offered_deliveries_per_s"]], [s["deliveries_per_s"] or 0], "x", color="red", ms=10)
             ax2.plot(offered, [s["latency_ms"]["p99"] for s in steps], "-o", color=line.get_color(), label=label)
         ax.plot([0, top], [0, top], ":", color="grey", label="delivered = offered")
-        ax.set_xlabel("offered deliveries/s")
-        ax.set_ylabel("delivered deliveries/s")
-        ax.set_title("Throughput (x: step failed)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        ax2.axhline(250, color="red", ls=":", label="p99 limit 250 ms")
-        ax2.set_xlabel("offered deliveries/s")
-        ax2.set_ylabel("p99 latency (ms)")
+        _label(ax, "offered deliveries/s", "delivered deliveries/s", "Throughput (x: step failed)", legend_size=7)
+        limit = results.get("meta", {}).get("parameters", {}).get("p99_limit", 250.0)
+        ax2.axhline(limit, color="red", ls=":", label=f"p99 limit {limit:.0f} ms")
         ax2.set_yscale("log")
-        ax2.set_title("p99 latency vs offered load")
-        ax2.grid(True, which="both", alpha=0.3)
-        ax2.legend(fontsize=7)
+        _label(ax2, "offered deliveries/s", "p99 latency (ms)", "p99 latency vs offered load", legend_size=7,
+               grid="both")
         written.append(_save(fig, directory, "throughput.png"))
 
     # Memory vs connections.
@@ -221,6 +211,15 @@ def plots(results, directory):
         ax.set_title("Memory vs connections")
         written.append(_save(fig, directory, "memory_vs_connections.png"))
     return written
+
+
+def _label(ax, xlabel, ylabel, title, legend_size=8, grid="major"):
+    """Axis labels, title, a light grid and the legend."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which=grid, alpha=0.3)
+    ax.legend(fontsize=legend_size)
 
 
 def _save(fig, directory, name):

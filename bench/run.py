@@ -262,8 +262,7 @@ async def run_all(args, resources, results, save):
 
         store("capacity", await guarded("capacity", work))
 
-    # (b), (e), throughput on the same cluster, then (d) last (closed event streams linger on
-    # the server until its next heartbeat write notices them).
+    # (b), (e), throughput on the same cluster, then (d).
     shared_spec = args.fanout_config
     throughput_runs = []
     need_shared = chosen & {"fanout", "sse", "slow"} or ("throughput" in chosen and shared_spec in args.configs)

@@ -60,7 +60,9 @@ class Clock:
             "worker_cpu_pct": [round(100 * cpu / wall, 1) for cpu in per_worker.values()] if wall > 0 else [],
             "redis_cpu_s": round((cpu_seconds(self.redis_pid) - self.redis0) if self.redis_pid else 0.0, 3),
             # PostgreSQL backends of the cluster's database (0 for SQLite: inside the workers).
-            "db_cpu_s": round(sum(cpu_seconds(pid) - self.db0.get(pid, 0.0) for pid in self.cluster.database_pids()), 3),
+            "db_cpu_s": round(
+                sum(cpu_seconds(pid) - self.db0.get(pid, 0.0) for pid in self.cluster.database_pids()), 3
+            ),
             "loadgen_cpu_pct": round(100 * (self_cpu() - self.self0) / wall, 1) if wall > 0 else None,
         }
 

@@ -59,3 +59,13 @@ def test_every_scenario_small(tmp_path):
         _exact(results["slow_client"][tag], f"slow client {tag}")
     for name in ("latency_vs_room_size.png", "throughput.png", "memory_vs_connections.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_the_profiler_names_the_socket_writes(tmp_path):
+    from bench import profile
+
+    out = tmp_path / "profile.txt"
+    assert profile.main(["--rate", "3000", "--seconds", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "lost 0" in text and "samples while running" in text
+    assert "socket writes (send syscalls)" in text
