@@ -21,7 +21,7 @@ import time
 from . import scenarios
 from .run import Lab, raise_nofile
 from .scenarios import log
-from .servers import PROJECT, Resources
+from .servers import PROJECT, Resources, cpu_times
 
 # (group, test on "function (path)") in order: the first match names a sample's group.
 GROUPS = [
@@ -106,10 +106,10 @@ async def _run(args, lab, spy_path):
         lab.resources.add(_Stoppable(spy))
         await asyncio.sleep(1.0)  # py-spy attaches
         log(f"py-spy sampling worker {worker}")
-        before = _user_system(worker)
+        before = cpu_times(worker)
         run = await scenarios.throughput(cluster, 10, 50, [args.rate], args.seconds, 5.0, 200, args.seconds + 60,
                                          refine=0)
-        user, system = (after - start for after, start in zip(_user_system(worker), before, strict=True))
+        user, system = (after - start for after, start in zip(cpu_times(worker), before, strict=True))
         spy.send_signal(signal.SIGINT)
         _, err = spy.communicate(timeout=30)
         if not os.path.exists(spy_path):
@@ -117,14 +117,6 @@ async def _run(args, lab, spy_path):
         return {**run["steps"][0], "user_s": user, "system_s": system}
     finally:
         lab.release(cluster)
-
-
-def _user_system(pid):
-    """(user, system) CPU seconds of a process, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as file:
-        fields = file.read().rsplit(b")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _py_spy():

@@ -67,14 +67,19 @@ def stop_process(process, sig=signal.SIGTERM, timeout=10.0, also=()):
 # -- /proc ---------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process (seconds), or 0.0 if it is gone."""
+def cpu_times(pid):
+    """(utime, stime) of a process in seconds, or (0.0, 0.0) if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as file:
             fields = file.read().rsplit(b")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+        return 0.0, 0.0
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (seconds), or 0.0 if it is gone."""
+    return sum(cpu_times(pid))
 
 
 def rss_kb(pid):
