@@ -9,13 +9,12 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import re  # noqa: E402
-
 import pytest  # noqa: E402
 
 from webapp import create_app, db  # noqa: E402
 from webapp.models import MODELS, database  # noqa: E402
 
+from .html import csrf_token as csrf_token_in  # noqa: E402
 from .support import LiveServer, RedisServer, ScratchPostgres  # noqa: E402
 
 TEST_CONFIG = {
@@ -74,8 +73,7 @@ def csrf_token():
     """Read the CSRF token out of a page the test client fetched."""
 
     def token(client, path="/lobby/"):
-        page = client.get(path).get_data(as_text=True)
-        return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        return csrf_token_in(client.get(path).get_data(as_text=True))
 
     return token
 

@@ -1,5 +1,6 @@
 """Reading pages the way a person sees them: elements by id, and their text."""
 
+import re
 from html.parser import HTMLParser
 
 VOID = {"br", "img", "input", "meta", "link", "hr", "source", "wbr", "area", "base", "col", "embed", "track"}
@@ -67,6 +68,11 @@ class _Builder(HTMLParser):
 
     def handle_data(self, data):
         self.current.children.append(data)
+
+
+def csrf_token(html):
+    """The CSRF token of a page's form."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def parse(html):

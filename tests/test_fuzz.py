@@ -11,7 +11,7 @@ from webapp import chat, create_app
 from webapp.rendering import WireForms
 
 from .conftest import TEST_CONFIG, _fresh_schema
-from .html import rows
+from .html import csrf_token, rows
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -64,7 +64,7 @@ def test_api_bodies_that_are_not_even_json(fuzz_client, raw):
 @FUZZ
 @given(handle=any_text, message=any_text | long_text)
 def test_form_posts_are_stored_or_refused_never_a_500(fuzz_client, handle, message):
-    token = fuzz_client.get("/fuzz/").get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    token = csrf_token(fuzz_client.get("/fuzz/").get_data(as_text=True))
     data = {"csrf_token": token, "handle": handle.encode("utf-8", "surrogatepass"),
             "message": message.encode("utf-8", "surrogatepass")}
     response = fuzz_client.post("/fuzz/messages", data=data)

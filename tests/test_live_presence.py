@@ -4,11 +4,12 @@ import json
 import os
 import re
 import signal
+import time
 
 import pytest
 import requests
 
-from .html import parse
+from .html import csrf_token, parse
 from .sseclient import SSEClient
 from .wsclient import WSClient
 
@@ -25,8 +26,6 @@ class Watcher:
 
     def next_of(self, key, timeout=10, where=lambda value: True):
         """Read until a frame with ``key`` (whose value passes ``where``) arrives."""
-        import time
-
         deadline = time.monotonic() + timeout
         while True:
             for frame in self.frames:
@@ -49,7 +48,7 @@ def browser_session(server, label):
     """A session like a browser's: the room page (setting the cookie), its CSRF token."""
     session = requests.Session()
     page = session.get(f"{server.url}/{label}/").text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    token = csrf_token(page)
     return session, token, page
 
 
@@ -152,8 +151,6 @@ def test_typing_is_shown_to_the_others_throttled_and_never_stored(live):
 
 
 def _drain(ws, seconds):
-    import time
-
     frames, deadline = [], time.monotonic() + seconds
     while (remaining := deadline - time.monotonic()) > 0:
         try:

@@ -7,7 +7,7 @@ import gevent
 import pytest
 import requests
 
-from .html import rows
+from .html import csrf_token, rows
 from .support import wait_for
 from .wsclient import Closed, Refused, WSClient
 
@@ -96,8 +96,7 @@ def test_posts_from_the_form_and_the_api_reach_sockets(cluster):
     listener = cluster.socket("mixed")
     assert cluster.post_json("mixed", "api-bot", "via the API").status_code == 201
     session = requests.Session()
-    page = session.get(cluster.url + "/mixed/").text
-    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    token = csrf_token(session.get(cluster.url + "/mixed/").text)
     response = session.post(cluster.url + "/mixed/messages", allow_redirects=False,
                             data={"csrf_token": token, "handle": "form", "message": "via the form"})
     assert response.status_code == 303
