@@ -129,11 +129,11 @@ class Message(BaseModel):
         and only executed here.
         """
         db = database.obj
-        read_previous, insert, update = _append_statements(type(db))
+        read_previous, insert, update, returns_id = _append_statements(type(db))
         now = utcnow()
         previous = db.execute_sql(read_previous, (room_id,)).fetchone()[0]
         cursor = db.execute_sql(insert, (room_id, handle, text, now))
-        message_id = cursor.fetchone()[0] if "RETURNING" in insert else cursor.lastrowid
+        message_id = cursor.fetchone()[0] if returns_id else cursor.lastrowid
         db.execute_sql(update, (now, message_id, 1, room_id))
         return cls(id=message_id, room=room_id, handle=handle, message=text, timestamp=now), previous
 
@@ -170,10 +170,12 @@ $$;
 @functools.cache
 def _append_statements(database_class):
     """The SQL of Message.append's three statements for one kind of database, rendered
-    by peewee (placeholders stay placeholders; their order is the one append passes)."""
+    by peewee (placeholders stay placeholders; their order is the one append passes),
+    and whether the insert returns the new id (else the cursor's lastrowid has it)."""
     read_previous = Room.select(Room.last_message_id).where(Room.id == 0)
     insert = Message.insert(room=0, handle="", message="", timestamp=None)
     update = Room.update(
         last_activity=None, last_message_id=0, message_count=Room.message_count + 1
     ).where(Room.id == 0)
-    return tuple(query.sql()[0] for query in (read_previous, insert, update))
+    statements = tuple(query.sql()[0] for query in (read_previous, insert, update))
+    return (*statements, "RETURNING" in statements[1])
