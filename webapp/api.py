@@ -39,17 +39,10 @@ def _room(label):
     return room
 
 
-def _int_arg(name, low, high=None):
+def _int_arg(name, low, high=chat.ID_MAX):
+    """A query parameter as a whole number in bounds, None when absent; else a 400."""
     text = request.args.get(name)
-    if text is None:
-        return None
-    if not text.isascii() or not text.isdigit():
-        raise ApiError(400, f"{name} must be a whole number")
-    value = int(text)
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ApiError(400, f"{name} must be {bounds}")
-    return value
+    return None if text is None else chat.whole_number(text, name, low, high)
 
 
 @bp.get("/rooms")

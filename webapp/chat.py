@@ -38,6 +38,29 @@ class RateLimited(BadInput):
     status = 429
 
 
+ID_MAX = 2**63 - 1  # ids are 64-bit (BIGINT): nothing larger can name a message
+
+
+def whole_number(text, name, low=0, high=ID_MAX):
+    """``text`` (ASCII digits) as an int from ``low`` to ``high``, or Malformed.
+
+    Checked before int() reads it: a number of thousands of digits is refused, not
+    parsed, and one past ``ID_MAX`` never reaches the database driver (an overflow).
+    """
+    if not text.isascii() or not text.isdigit():
+        raise Malformed(f"{name} must be a whole number")
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)) or int(digits) > high or int(digits) < low:
+        raise Malformed(f"{name} must be between {low} and {high}")
+    return int(digits)
+
+
+def resume_point(text, name="last_id"):
+    """A client's "everything after this id" (None when not given or empty), or Malformed."""
+    text = (text or "").strip()
+    return whole_number(text, name) if text else None
+
+
 def _text(value, field):
     if not isinstance(value, str):
         raise BadInput(f"{field} must be text")

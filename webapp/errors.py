@@ -4,11 +4,12 @@ import logging
 
 from flask import jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import WebsocketMismatch
 
 from peewee import InterfaceError, OperationalError
 
-from . import db
+from . import chat, db
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ def _http_error(exc):
     return _answer(exc.code, exc.name, exc.description)
 
 
+def _bad_input(exc):
+    """Input refused before a view could answer it itself (e.g. a socket's ``last_id``)."""
+    return _answer(exc.status, HTTP_STATUS_CODES.get(exc.status, "Bad Request"), str(exc))
+
+
 def _storage_unavailable(exc):
     if not isinstance(exc, db.StorageUnavailable):  # raised by a view's own query
         db.forget_idle_connections()
@@ -49,6 +55,7 @@ def _unexpected(exc):
 
 def init_app(app):
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(chat.BadInput, _bad_input)
     for error in (db.StorageUnavailable, OperationalError, InterfaceError):
         app.register_error_handler(error, _storage_unavailable)
     app.register_error_handler(Exception, _unexpected)

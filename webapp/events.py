@@ -88,12 +88,10 @@ def stream_view(view):
 
 
 def _resume_from():
-    for text in (request.headers.get("Last-Event-ID"), request.args.get("last_id")):
-        if text is not None:
-            text = text.strip()
-            if text.isascii() and text.isdigit():
-                return int(text)
-    return None
+    """``Last-Event-ID``, else ``?last_id``; None without either. A bad one (not an id)
+    raises chat.Malformed: a 400 before the stream begins."""
+    header = chat.resume_point(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    return header if header is not None else chat.resume_point(request.args.get("last_id"))
 
 
 def _response_head():

@@ -84,17 +84,14 @@ def release_connection(exc):
         current_app.extensions["chat.admission"].release(token)
 
 
-def _last_id():
-    text = request.args.get("last_id")
-    return int(text) if text and text.isascii() and text.isdigit() else None
-
-
 @bp.before_request
 def _join_before_handshake():
     """Runs before flask-sock answers 101: find the room and join its hub channel now,
     so every message stored after the client sees the socket open reaches it."""
     # Shared frames are sent as they are to every socket (see webapp.websocket).
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    # A bad ?last_id raises chat.Malformed: the handshake is refused with 400.
+    g.socket_last_id = chat.resume_point(request.args.get("last_id"))
     realtime = current_app.extensions["chat.realtime"]
     try:
         room = chat.find_room(request.view_args.get("label", ""))
@@ -115,7 +112,7 @@ def _join_before_handshake():
         g.socket_room = room = chat.RoomRef.of(room)
         g.socket_handle = _valid_handle(handle)
         g.socket_listener = SocketListener(fmt, frozenset(kinds))
-        realtime.join(g.socket_listener, room, _last_id())
+        realtime.join(g.socket_listener, room, g.socket_last_id)
 
 
 def _valid_handle(handle):
@@ -151,7 +148,7 @@ def _serve(server, read_frame, reply_error):
         listener.ws = ws
         actions = _Actions(realtime, room, listener, chat.Sender(address, connection=f"ws:{id(ws)}"))
         try:
-            realtime.start_delivery(listener, room, replay=_last_id() is not None)
+            realtime.start_delivery(listener, room, replay=g.socket_last_id is not None)
             actions.arrive(g.socket_handle)
             while (frame := ws.receive()) is not None:
                 action = "message"
