@@ -1,7 +1,7 @@
 """Every gunicorn setting of the server, read by the Procfile's ``web:`` line.
 
 Configuration comes from the environment (see README): PORT, WEB_CONCURRENCY,
-REDIS_URL, LOG_LEVEL. The webapp package is imported only inside the worker (after
+REDIS_URL, LOG_LEVEL, TRUST_PROXY, TRUSTED_PROXIES. The webapp package is imported only inside the worker (after
 gevent has patched it), never here at the top.
 """
 
@@ -43,7 +43,10 @@ control_socket_disable = True
 accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in ("1", "true", "yes") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# X-Forwarded-Proto (the request's scheme) is believed only with TRUST_PROXY, and only from
+# the peers in TRUSTED_PROXIES: the app applies the same list to X-Forwarded-For/-Host.
+_trust_proxy = os.environ.get("TRUST_PROXY", "").strip().lower() in ("1", "true", "yes", "on")
+forwarded_allow_ips = (os.environ.get("TRUSTED_PROXIES") or "127.0.0.1,::1") if _trust_proxy else ""
 proc_name = "chat"
 
 

@@ -136,3 +136,12 @@ def test_vendored_scripts_match_their_recorded_checksums():
         data = open(f"{folder}/{name}", "rb").read()
         assert digest == "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode(), name
         assert re.fullmatch(r"[\w.-]+@\d+\.\d+\.\d+", version)
+
+
+def test_trusted_proxies_are_addresses_or_networks(tmp_path):
+    from webapp.settings import ConfigError
+
+    app = make(tmp_path, TRUST_PROXY=True, TRUSTED_PROXIES="10.0.0.0/8, 192.0.2.7")
+    assert [str(n) for n in app.config["TRUSTED_PROXIES"]] == ["10.0.0.0/8", "192.0.2.7/32"]
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        make(tmp_path, TRUSTED_PROXIES="proxy.local")

@@ -9,6 +9,7 @@
   before the upgrade (no ``Origin`` header means a script, which is allowed).
 """
 
+import ipaddress
 import logging
 from urllib.parse import urlsplit
 
@@ -74,6 +75,32 @@ def _headers(response):
     return response
 
 
+class TrustedProxyFix:
+    """werkzeug's ProxyFix for requests whose peer is one of TRUSTED_PROXIES; any other
+    peer (a client that reaches gunicorn directly) keeps its own address, scheme and host,
+    whatever X-Forwarded-* headers it sends. gunicorn applies the same list to
+    X-Forwarded-Proto (forwarded_allow_ips, set in gunicorn.conf.py)."""
+
+    def __init__(self, app, networks):
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=1, x_proto=1, x_host=1)
+        self.networks = networks
+
+    def trusts(self, peer):
+        """True for a peer in the list; like gunicorn, also for one without an IP address
+        (a UNIX socket, reachable only on this machine)."""
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return True
+        return any(address in network for network in self.networks)
+
+    def __call__(self, environ, start_response):
+        if self.trusts(environ.get("REMOTE_ADDR", "")):
+            return self.fixed(environ, start_response)
+        return self.app(environ, start_response)
+
+
 class SessionInterface(SecureCookieSessionInterface):
     """The session cookie is ``Secure`` whenever the request came over HTTPS."""
 
@@ -84,7 +111,7 @@ class SessionInterface(SecureCookieSessionInterface):
 def init_app(app):
     if app.config["TRUST_PROXY"]:
         # One proxy in front sets X-Forwarded-For/-Proto/-Host; believe it, and only it.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, app.config["TRUSTED_PROXIES"])
     app.session_interface = SessionInterface()
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
     app.before_request(_refuse_cross_site)

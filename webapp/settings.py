@@ -5,6 +5,7 @@ checked once at start-up, so a typo fails loudly instead of half-working. The RE
 configuration table documents the same names and defaults.
 """
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def defaults(instance_path):
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "TRUST_PROXY": False,
+        # Peers whose X-Forwarded-* headers TRUST_PROXY believes (gunicorn.conf.py reads
+        # the same variable for its forwarded_allow_ips).
+        "TRUSTED_PROXIES": "127.0.0.1,::1",
         # Limits of the contract.
         "HANDLE_MAX": 50,
         "MESSAGE_MAX": 2000,
@@ -130,6 +134,20 @@ def _flag(text):
     return text.strip().lower() in ("1", "true", "yes", "on")
 
 
+def proxy_networks(text):
+    """TRUSTED_PROXIES: comma-separated addresses or CIDR networks, or ``*`` for any peer."""
+    networks = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if item == "*":
+            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+        elif item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES must list addresses or networks (CIDR), not {item!r}") from None
+    return tuple(networks)
+
+
 def _log_level(text):
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -150,6 +168,7 @@ PARSERS = {
     "LOG_LEVEL": _log_level,
     "LOG_FORMAT": _choice("LOG_FORMAT", ("text", "json")),
     "TRUST_PROXY": _flag,
+    "TRUSTED_PROXIES": proxy_networks,
     "HANDLE_MAX": _int("HANDLE_MAX", 1),
     "MESSAGE_MAX": _int("MESSAGE_MAX", 1),
     "FRAME_MAX": _int("FRAME_MAX", 1024),
@@ -183,6 +202,8 @@ def check(config):
     """Refuse combinations that cannot work, with a message an operator can act on."""
     if not isinstance(config["RATE_LIMIT"], Rate):
         config["RATE_LIMIT"] = Rate.parse(config["RATE_LIMIT"])
+    if isinstance(config["TRUSTED_PROXIES"], str):
+        config["TRUSTED_PROXIES"] = proxy_networks(config["TRUSTED_PROXIES"])
     if isinstance(config["ALLOWED_ORIGINS"], str):
         config["ALLOWED_ORIGINS"] = _origins(config["ALLOWED_ORIGINS"])
     if int(config["WEB_CONCURRENCY"]) > 1 and not config["REDIS_URL"]:
