@@ -226,6 +226,7 @@ def server_env(port, database_url, redis_url, workers, extra=None):
         "SECRET_KEY": "bench-secret",
         "RATE_LIMIT": "0",
         "MAX_CONNECTIONS_PER_ADDRESS": "0",
+        "ROOM_CREATE_LIMIT": "0",
         "LOG_LEVEL": "WARNING",
         "GRACEFUL_TIMEOUT": "3",
     }

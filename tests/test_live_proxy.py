@@ -7,7 +7,6 @@ proxy is 127.0.0.2 and the direct client 127.0.0.1 (both loopback, so no network
 """
 
 import http.client
-import re
 from contextlib import closing
 
 import pytest

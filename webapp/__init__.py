@@ -62,7 +62,9 @@ def create_app(config=None):
     metrics.init_app(app)
     admission.init_app(app)
     realtime.init_app(app)
-    app.extensions["chat.throttle"] = Throttle(app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"])
+    app.extensions["chat.throttle"] = Throttle(
+        app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"], app.config["ROOM_CREATE_LIMIT"]
+    )
 
     app.register_blueprint(pages.bp)
     api.init_app(app)

@@ -175,9 +175,11 @@ def rename(room, name, sender):
     return name
 
 
-def active_rooms(limit):
-    """The most recently active rooms (JSON form), each with how many people are in it."""
-    rooms = [room.as_dict() for room in Room.recently_active(limit)]
+def active_rooms(limit, written_in=False):
+    """The most recently active rooms (JSON form), each with how many people are in it;
+    with ``written_in``, only rooms that hold at least one message."""
+    with db.connection():
+        rooms = [room.as_dict() for room in Room.recently_active(limit, written_in)]
     here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
     for room in rooms:
         room["here"] = here.get(room["label"], 0)
@@ -205,11 +207,24 @@ def fresh_label():
                 return label
 
 
-def open_room(label):
-    """The room with this label, created if this is its first visit (as in the seed)."""
+class TooManyRooms(RateLimited):
+    """An address has created ROOM_CREATE_LIMIT rooms within its window."""
+
+
+def open_room(label, address=None):
+    """The room with this label, created if this is its first visit (as in the seed).
+
+    Raises TooManyRooms when ``address`` (a visitor's; None for the server's own use) has
+    created its ROOM_CREATE_LIMIT of rooms lately.
+    """
     with db.connection():
         room = Room.by_label(label)
         if room is None:
+            if address is not None and not current_app.extensions["chat.throttle"].allow_room(address):
+                metrics.REFUSED.labels("too_many_rooms").inc()
+                rate = current_app.config["ROOM_CREATE_LIMIT"]
+                raise TooManyRooms(f"Too many new rooms from your address: at most {rate.count} in "
+                                   f"{rate.seconds} seconds. Try again shortly, or join an existing room.")
             try:
                 room = db.write_transaction(_create_room, label)
             except IntegrityError:  # another worker created it a moment ago

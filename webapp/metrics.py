@@ -6,11 +6,12 @@ worker answers it, sums them (gauges of open connections count live workers only
 Without it (tests, ``flask`` commands) the process's own registry is used.
 """
 
+import hmac
 import os
 import time
 from datetime import datetime
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -61,6 +62,13 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def scrape():
+    """Every metric, summed over the workers; behind METRICS_TOKEN when one is set."""
+    token = current_app.config["METRICS_TOKEN"]
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return Response("Send Authorization: Bearer <METRICS_TOKEN>.\n", 401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

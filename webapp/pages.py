@@ -22,7 +22,7 @@ HOME_ROOMS = 20
 @bp.get("/")
 def index():
     """The home page: create a room, or join one of the recently active ones."""
-    return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS))
+    return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS, written_in=True))
 
 
 @bp.route("/new/", methods=["GET", "POST"])
@@ -66,7 +66,12 @@ def _room_page(room, status=200, error=None, form=None, rename_error=None):
 @bp.get("/<label:label>/")
 def room(label):
     """The room (created on first visit): the last messages, and the form to chat."""
-    return _room_page(chat.open_room(label))
+    try:
+        room = chat.open_room(label, request.remote_addr)
+    except chat.TooManyRooms as exc:
+        page = render_template("error.html", status=429, title="Too Many Requests", reason=str(exc))
+        return page, 429, {"Retry-After": str(current_app.config["ROOM_CREATE_LIMIT"].seconds)}
+    return _room_page(room)
 
 
 def _from_htmx():

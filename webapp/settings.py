@@ -33,14 +33,14 @@ class Rate:
         return f"{self.count}/{self.seconds}" if self.enabled else "0"
 
     @classmethod
-    def parse(cls, text):
-        """Read ``N/S`` (or ``0``, meaning off)."""
+    def parse(cls, text, name="RATE_LIMIT"):
+        """Read ``N/S`` (or ``0``, meaning off); ``name`` is the setting, for the error."""
         text = str(text).strip()
         if text == "0":
             return cls(0, 1)
         match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
         if not match or int(match[2]) == 0:
-            raise ConfigError(f"RATE_LIMIT must look like N/S (e.g. 60/10) or 0, not {text!r}")
+            raise ConfigError(f"{name} must look like N/S (e.g. 60/10) or 0, not {text!r}")
         return cls(int(match[1]), int(match[2]))
 
 
@@ -58,6 +58,10 @@ def defaults(instance_path):
         # Per client address, every message path together: ten times RATE_LIMIT.
         "ADDRESS_RATE_FACTOR": 10,
         "MAX_CONNECTIONS_PER_ADDRESS": 100,
+        # New rooms per client address (a visit to an unused label creates one).
+        "ROOM_CREATE_LIMIT": Rate(30, 60),
+        # Bearer token for /metrics; None: /metrics is public.
+        "METRICS_TOKEN": None,
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "TRUST_PROXY": False,
@@ -165,6 +169,8 @@ PARSERS = {
     "ALLOWED_ORIGINS": _origins,
     "RATE_LIMIT": Rate.parse,
     "MAX_CONNECTIONS_PER_ADDRESS": _int("MAX_CONNECTIONS_PER_ADDRESS"),
+    "ROOM_CREATE_LIMIT": lambda text: Rate.parse(text, "ROOM_CREATE_LIMIT"),
+    "METRICS_TOKEN": lambda text: text.strip() or None,
     "LOG_LEVEL": _log_level,
     "LOG_FORMAT": _choice("LOG_FORMAT", ("text", "json")),
     "TRUST_PROXY": _flag,
@@ -193,15 +199,16 @@ def from_environ(environ):
     settings = {}
     for name, parse in PARSERS.items():
         text = environ.get(name)
-        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY")):
+        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY", "METRICS_TOKEN")):
             settings[name] = parse(text)
     return settings
 
 
 def check(config):
     """Refuse combinations that cannot work, with a message an operator can act on."""
-    if not isinstance(config["RATE_LIMIT"], Rate):
-        config["RATE_LIMIT"] = Rate.parse(config["RATE_LIMIT"])
+    for name in ("RATE_LIMIT", "ROOM_CREATE_LIMIT"):
+        if not isinstance(config[name], Rate):
+            config[name] = Rate.parse(config[name], name)
     if isinstance(config["TRUSTED_PROXIES"], str):
         config["TRUSTED_PROXIES"] = proxy_networks(config["TRUSTED_PROXIES"])
     if isinstance(config["ALLOWED_ORIGINS"], str):
