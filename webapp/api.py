@@ -4,7 +4,7 @@ import json
 
 from flask import Blueprint, jsonify, request, url_for
 
-from . import chat
+from . import chat, db
 from .extensions import csrf
 from .models import Message, Room
 
@@ -46,6 +46,7 @@ def _int_arg(name, low, high=chat.ID_MAX):
 
 
 @bp.get("/rooms")
+@db.without_request_connection  # who is here comes from Redis: no connection held meanwhile
 def rooms():
     """The most recently active rooms, with how many people are in each now."""
     return {"rooms": chat.active_rooms(ROOMS_MAX)}

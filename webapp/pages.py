@@ -9,7 +9,7 @@ import logging
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
 
-from . import chat, labels
+from . import chat, db, labels
 from .extensions import csrf
 from .models import Message, Room
 
@@ -20,6 +20,7 @@ HOME_ROOMS = 20
 
 
 @bp.get("/")
+@db.without_request_connection  # who is here comes from Redis: no connection held meanwhile
 def index():
     """The home page: create a room, or join one of the recently active ones."""
     return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS, written_in=True))
@@ -44,7 +45,8 @@ def _my_handle():
 
 def _room_page(room, status=200, error=None, form=None, rename_error=None):
     config = current_app.config
-    messages = [m.as_dict(room.label) for m in Message.recent(room.id, config["HISTORY_SIZE"])]
+    with db.connection():
+        messages = [m.as_dict(room.label) for m in Message.recent(room.id, config["HISTORY_SIZE"])]
     me = _my_handle()
     page = render_template(
         "room.html",
@@ -64,6 +66,7 @@ def _room_page(room, status=200, error=None, form=None, rename_error=None):
 
 
 @bp.get("/<label:label>/")
+@db.without_request_connection  # who is here comes from Redis: no connection held meanwhile
 def room(label):
     """The room (created on first visit): the last messages, and the form to chat."""
     try:
