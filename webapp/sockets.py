@@ -32,13 +32,25 @@ EXTRA_KINDS = frozenset({"presence", "typing", "room"})
 
 
 class SocketListener(Listener):
-    """Hub membership of one WebSocket (the socket is attached once the handshake is done)."""
+    """Hub membership of one WebSocket (the socket is attached once the handshake is done).
 
-    __slots__ = ("ws",)
+    It joins the hub before the handshake, so it can be told to close (a drain) before
+    its socket exists: the close is kept and done as soon as the socket is attached.
+    """
+
+    __slots__ = ("ws", "close_asked")
 
     def __init__(self, fmt, kinds=frozenset()):
         super().__init__(fmt, kinds)
         self.ws = None
+        self.close_asked = None
+
+    def attach(self, ws):
+        """The handshake is done: from now on ``ws`` is the socket (closed at once if a
+        close was asked for meanwhile)."""
+        self.ws = ws
+        if self.close_asked is not None:
+            ws.close(*self.close_asked)
 
     def write(self, data):
         self.ws.write(data)
@@ -46,6 +58,8 @@ class SocketListener(Listener):
     def close(self, code, reason):
         if self.ws is not None:
             self.ws.close(code, reason)
+        else:
+            self.close_asked = (code, reason)
 
     def keepalive(self, now, interval, timeout):
         if self.ws is not None:
@@ -145,7 +159,7 @@ def _serve(server, read_frame, reply_error):
         ws.close(*g.socket_refusal)
     else:
         listener = g.socket_listener
-        listener.ws = ws
+        listener.attach(ws)
         actions = _Actions(realtime, room, listener, chat.Sender(address, connection=f"ws:{id(ws)}"))
         try:
             realtime.start_delivery(listener, room, replay=g.socket_last_id is not None)
