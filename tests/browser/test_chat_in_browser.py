@@ -350,6 +350,7 @@ def test_people_see_who_is_here_who_is_typing_and_renames(server, open_page):
 
 def test_the_home_page_updates_without_a_reload(server, open_page):
     server.open_room("quiet-room")
+    server.post_json("quiet-room", "z", "hi")  # the home page lists rooms someone wrote in
     home = open_page(server.url + "/")
     assert "here" not in home.locator("#rooms").inner_text()
     visitor = open_page(server.url + "/quiet-room/")
