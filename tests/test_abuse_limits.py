@@ -79,3 +79,10 @@ def test_metrics_token_guards_metrics(tmp_path, header, status):
         assert b"chat_" not in response.data
     else:
         assert b"chat_messages_stored_total" in response.data
+
+
+def test_room_creation_limit_is_checked_at_start(tmp_path):
+    from webapp.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="ROOM_CREATE_LIMIT"):
+        make(tmp_path, ROOM_CREATE_LIMIT="lots")
