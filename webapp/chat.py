@@ -175,11 +175,10 @@ def rename(room, name, sender):
     return name
 
 
-def active_rooms(limit, written_in=False):
-    """The most recently active rooms (JSON form), each with how many people are in it;
-    with ``written_in``, only rooms that hold at least one message."""
+def active_rooms(limit):
+    """The most recently active rooms (JSON form), each with how many people are in it."""
     with db.connection():
-        rooms = [room.as_dict() for room in Room.recently_active(limit, written_in)]
+        rooms = [room.as_dict() for room in Room.recently_active(limit)]
     here = current_app.extensions["chat.realtime"].presence.counts([room["label"] for room in rooms])
     for room in rooms:
         room["here"] = here.get(room["label"], 0)

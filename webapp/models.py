@@ -55,11 +55,9 @@ class Room(BaseModel):
         return cls.get_or_none(cls.label == label)
 
     @classmethod
-    def recently_active(cls, limit, written_in=False):
-        """Rooms, most recently active first (a room without messages counts from its
-        creation); with ``written_in``, only rooms holding at least one message."""
-        query = cls.select().where(cls.message_count > 0) if written_in else cls.select()
-        return list(query.order_by(cls.last_activity.desc(), cls.id.desc()).limit(limit))
+    def recently_active(cls, limit):
+        """Rooms, most recently active first (a room without messages counts from its creation)."""
+        return list(cls.select().order_by(cls.last_activity.desc(), cls.id.desc()).limit(limit))
 
     def as_dict(self):
         return {

@@ -23,7 +23,7 @@ HOME_ROOMS = 20
 @db.without_request_connection  # who is here comes from Redis: no connection held meanwhile
 def index():
     """The home page: create a room, or join one of the recently active ones."""
-    return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS, written_in=True))
+    return render_template("index.html", rooms=chat.active_rooms(HOME_ROOMS))
 
 
 @bp.route("/new/", methods=["GET", "POST"])
