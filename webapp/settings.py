@@ -60,6 +60,9 @@ def defaults(instance_path):
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "TRUST_PROXY": False,
+        # Form tokens (flask-wtf) stay valid for the whole session: a room page left open
+        # for hours still sends and renames (its default, 3600 s, killed every form).
+        "WTF_CSRF_TIME_LIMIT": None,
         # Limits of the contract.
         "HANDLE_MAX": 50,
         "MESSAGE_MAX": 2000,
