@@ -175,13 +175,12 @@
       follow = nearBottom();
       if (chat.scrollTop < NEAR_TOP && chat.scrollHeight > chat.clientHeight) loadEarlier(chat, observer);
     }, { passive: true });
-    const earlier = $("earlier");
-    if (earlier) {
-      earlier.addEventListener("click", (event) => {
-        event.preventDefault();
-        loadEarlier(chat, observer);
-      });
-    }
+    // (On the transcript, not the link: a reset swaps in a new link.)
+    chat.addEventListener("click", (event) => {
+      if (!event.target.closest("#earlier")) return;
+      event.preventDefault();
+      loadEarlier(chat, observer);
+    });
     toBottom();
     document.querySelectorAll("time[datetime]").forEach(localizeTime);
     const handle = $("handle");
@@ -451,6 +450,7 @@
 
   function setUpConnection() {
     const room = $("room");
+    if (room && $("newest")) setStatus("offline", "earlier messages (not live)");
     if (!room || !room.hasAttribute("ws-connect")) return;
     setStatus("connecting");
     const neverOpened = setTimeout(() => { if (!openedAt) { failure(); failure(); } }, FIRST_OPEN_TIMEOUT);

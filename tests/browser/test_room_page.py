@@ -8,14 +8,13 @@ import subprocess
 import sys
 
 import pytest
-import requests
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from playwright.sync_api import expect
 
 from ..support import LiveServer, free_port, wait_for
-from .test_chat_in_browser import RECORD_STATES, rows, say, texts, wait_live
+from .test_chat_in_browser import RECORD_STATES, _answers, rows, say, texts, wait_live
 
 pytestmark = pytest.mark.browser
 
@@ -47,13 +46,6 @@ def ws_blocked(shared):
     finally:
         proxy.kill()
         proxy.wait()
-
-
-def _answers(url):
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def proxied(page):
@@ -285,7 +277,8 @@ def test_links_are_links_in_the_page_the_socket_push_and_the_stream(shared, open
 
 SET_HIDDEN = """hidden => {
     Object.defineProperty(document, "hidden", { configurable: true, get: () => hidden });
-    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => hidden ? "hidden" : "visible" });
+    const state = hidden ? "hidden" : "visible";
+    Object.defineProperty(document, "visibilityState", { configurable: true, get: () => state });
     document.dispatchEvent(new Event("visibilitychange"));
 }"""
 
