@@ -338,6 +338,7 @@ def test_the_copied_embed_snippet_is_one_iframe_whatever_the_name(shared, open_p
 @pytest.mark.parametrize("path", ["/", "/a11y/", "/a11y/?before=LAST", "/a11y/embed"])
 def test_no_serious_accessibility_violations(shared, browser, path):
     """axe-core on the home, room, earlier-page and embed pages: nothing serious or critical."""
+    assert os.path.exists(AXE), "axe-core is missing: make test installs it (npm ci in tests/browser)"
     shared.open_room("a11y")
     _, latest = shared.post_many("a11y", 55)
     shared.post_json("a11y", "bob", "a link: https://example.org/page")
