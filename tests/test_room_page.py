@@ -4,6 +4,8 @@ as the server renders them (the browser side is in tests/browser/test_room_page.
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from webapp.rendering import message_html
@@ -120,3 +122,19 @@ def test_a_page_older_than_an_hour_still_sends_and_renames(client):
     page = client.get("/patient/").get_data(as_text=True)
     assert rows(page)[-1][1:] == ("ann", "still here")
     assert parse(page).by_id("room-name").text() == "Still open"
+
+
+URLISH = st.lists(st.sampled_from(["http://", "https://", "HTTP://", "javascript:", "a.example", "/p", "?q=1", "&",
+                                   "(", ")", ".", ",", '"', "'", "<", ">", "<a href=", " ", "\n", "\t", "é", "%2F"]),
+                  max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(URLISH)
+def test_any_text_reads_back_as_sent_and_links_only_http(text):
+    row = parse(f"<p>{message_html(text)}</p>")
+    assert row.text() == text
+    for anchor in row.all(lambda node: node.tag == "a"):
+        assert anchor.text() == anchor.attrs["href"]
+        assert anchor.attrs["href"].lower().startswith(("http://", "https://"))
+        assert anchor.attrs["href"] in text
