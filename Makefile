@@ -16,6 +16,11 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Packages only the browser tests use (axe-core), from tests/browser/package-lock.json.
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -24,8 +29,8 @@ run: install
 	$(BIN)/flask --app webapp init-db
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Install what the tests need (Python packages, redis-server, Chromium) and run them all.
-test: install-dev system-deps
+## Install what the tests need (Python packages, redis-server, Chromium, axe-core) and run them all.
+test: install-dev system-deps tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 
 ## The fast layer only: no servers, no browser.

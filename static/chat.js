@@ -1,6 +1,7 @@
 // The chat page's behaviour on top of htmx. Everything here is an enhancement: with
-// JavaScript off the form posts and the page reloads. No HTML is built here from user
-// text; rows always come rendered (and escaped) by the server.
+// JavaScript off the form posts, the page reloads and "Earlier messages" is a link. No
+// HTML is built here from user text; rows always come rendered (and escaped) by the
+// server.
 (function () {
   "use strict";
 
@@ -15,7 +16,12 @@
   const SERVER_CLOSES = [1011, 1012, 1013];
   const RESTARTING = 1012;
   const RESTART_GRACE = 30000;
+  // htmx's ws extension reconnects by itself after these codes only; after any other
+  // (1000, 1001 or 1008 from a proxy, 1005, ...) this script reconnects.
+  const EXTENSION_RECONNECTS = [1006, 1011, 1012, 1013];
+  const UNKNOWN_ROOM = 4404; // final, once the server confirms the room is gone
   const NEAR_BOTTOM = 80; // px: closer than this to the end keeps following new messages
+  const NEAR_TOP = 40; // px: scrolled this close to the top loads earlier messages
 
   const $ = (id) => document.getElementById(id);
 
@@ -37,8 +43,9 @@
   // Every (re)connection resumes after the newest row shown: the server replays what
   // was missed, so nothing is lost and nothing doubled. Reconnect attempts back off with
   // full jitter, but never wait more than 5 s (htmx's default grows to 64 s).
+  const reconnectDelay = (retries) => Math.random() * Math.min(5000, 500 * 2 ** retries);
   if (window.htmx) {
-    htmx.config.wsReconnectDelay = (retries) => Math.random() * Math.min(5000, 500 * 2 ** retries);
+    htmx.config.wsReconnectDelay = reconnectDelay;
     htmx.createWebSocket = function (url) {
       const socket = new WebSocket(withLastId(url));
       socket.binaryType = htmx.config.wsBinaryType;
@@ -53,17 +60,30 @@
 
   const STATUS_TEXT = {
     connecting: "connecting…",
-    live: "live",
+    live: "live (socket)",
     reconnecting: "reconnecting…",
-    fallback: "live (event stream)",
+    fallback: "live (event stream fallback)",
+    gone: "room gone",
     offline: "offline",
   };
 
-  function setStatus(state) {
+  function setStatus(state, text) {
     const status = $("status");
     if (!status) return;
     status.dataset.state = state;
-    status.textContent = STATUS_TEXT[state] || state;
+    status.textContent = text || STATUS_TEXT[state] || state;
+  }
+
+  // A refusal's reason from the server's answer: the error line of a fragment, or the
+  // reason on a whole error page (only its text is used), else the status.
+  function reasonIn(html, status, statusText, ownId) {
+    let text = "";
+    try {
+      const doc = new DOMParser().parseFromString(html, "text/html");
+      const line = doc.getElementById(ownId) || doc.getElementById("error-reason");
+      text = line ? line.textContent.trim() : "";
+    } catch (e) { /* not HTML: the status says it */ }
+    return text || `Not sent (${status}${statusText ? " " + statusText : ""}). Try again.`;
   }
 
   // -- rows: local times, own messages, no duplicates, follow the newest -------------
@@ -87,16 +107,51 @@
     row.classList.toggle("mine", mine);
   }
 
+  // Returns false for a row already shown (two paths overlapped while switching).
   function prepareRow(row) {
-    if (!row.id || !row.id.startsWith("message-")) return;
+    if (!row.id || !row.id.startsWith("message-")) return false;
     const twin = document.querySelectorAll("#" + CSS.escape(row.id));
     if (twin.length > 1 && twin[0] !== row) {
-      row.remove(); // already shown (two paths overlapped while switching)
-      return;
+      row.remove();
+      return false;
     }
     row.querySelectorAll("time[datetime]").forEach(localizeTime);
     markMine(row);
+    return true;
   }
+
+  // -- away from the tab: "(3) name · Chat", and a divider where the new ones start ---
+
+  const unread = { count: 0, title: document.title, divider: null };
+
+  function arrivedWhileAway(row) {
+    if (!document.hidden || row.classList.contains("mine")) return;
+    if (unread.count === 0) {
+      if (unread.divider) unread.divider.remove();
+      const divider = document.createElement("li");
+      divider.className = "new-divider";
+      divider.id = "new-divider";
+      divider.setAttribute("role", "separator");
+      divider.textContent = "New messages";
+      row.before(divider);
+      unread.divider = divider;
+    }
+    unread.count += 1;
+    document.title = `(${unread.count}) ${unread.title}`;
+  }
+
+  function setUpUnread() {
+    document.addEventListener("visibilitychange", () => {
+      if (document.hidden) {
+        unread.title = document.title.replace(/^\(\d+\) /, "");
+      } else if (unread.count) {
+        unread.count = 0;
+        document.title = unread.title;
+      }
+    });
+  }
+
+  // -- the transcript ----------------------------------------------------------------
 
   function setUpTranscript() {
     const chat = $("chat");
@@ -104,22 +159,66 @@
     let follow = true;
     const nearBottom = () => chat.scrollHeight - chat.scrollTop - chat.clientHeight < NEAR_BOTTOM;
     const toBottom = () => { chat.scrollTop = chat.scrollHeight; };
-    chat.addEventListener("scroll", () => { follow = nearBottom(); }, { passive: true });
     chat.querySelectorAll(".msg").forEach(prepareRow);
-    new MutationObserver((mutations) => {
+    const observer = new MutationObserver((mutations) => {
       for (const mutation of mutations) {
         mutation.addedNodes.forEach((node) => {
-          if (node.nodeType === 1) prepareRow(node);
+          if (node.nodeType === 1 && prepareRow(node) && node.isConnected) arrivedWhileAway(node);
         });
       }
       const empty = $("empty-room");
       if (empty && chat.querySelector(".msg")) empty.remove();
       if (follow) toBottom();
-    }).observe(chat, { childList: true });
+    });
+    observer.observe(chat, { childList: true });
+    chat.addEventListener("scroll", () => {
+      follow = nearBottom();
+      if (chat.scrollTop < NEAR_TOP && chat.scrollHeight > chat.clientHeight) loadEarlier(chat, observer);
+    }, { passive: true });
+    // (On the transcript, not the link: a reset swaps in a new link.)
+    chat.addEventListener("click", (event) => {
+      if (!event.target.closest("#earlier")) return;
+      event.preventDefault();
+      loadEarlier(chat, observer);
+    });
     toBottom();
     document.querySelectorAll("time[datetime]").forEach(localizeTime);
     const handle = $("handle");
     if (handle) handle.addEventListener("change", () => chat.querySelectorAll(".msg").forEach(markMine));
+  }
+
+  // -- earlier messages: the previous page's rows go above, the reader stays put -------
+
+  let loadingEarlier = false;
+
+  async function loadEarlier(chat, observer) {
+    const link = $("earlier");
+    if (!link || loadingEarlier) return;
+    loadingEarlier = true;
+    link.setAttribute("aria-busy", "true");
+    try {
+      const response = await fetch(link.href, { credentials: "same-origin" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+      const rows = [...doc.querySelectorAll("#chat .msg")]
+        .filter((row) => row.id && !document.getElementById(row.id))
+        .map((row) => document.importNode(row, true));
+      // Keep the first row shown where it is on screen while rows go in above it.
+      const anchor = chat.querySelector(".msg");
+      const before = anchor ? anchor.getBoundingClientRect().top : 0;
+      link.parentElement.after(...rows);
+      observer.takeRecords(); // older rows: not new, no scrolling to the bottom
+      rows.forEach(prepareRow);
+      if (anchor) chat.scrollTop += anchor.getBoundingClientRect().top - before;
+      const next = doc.getElementById("earlier");
+      if (next) link.href = next.getAttribute("href");
+      else link.parentElement.remove(); // the room's first message is shown
+    } catch (error) {
+      location.assign(link.href); // the page still works as a link
+    } finally {
+      link.removeAttribute("aria-busy");
+      loadingEarlier = false;
+    }
   }
 
   // -- the composer ----------------------------------------------------------------
@@ -150,6 +249,10 @@
     document.body.addEventListener("htmx:wsConfigSend", (event) => {
       const only = event.target.dataset && event.target.dataset.sendOnly;
       if (!only) return;
+      if (socketState !== "open") { // never into the extension's queue for a later socket
+        event.preventDefault();
+        return;
+      }
       const keep = new Set(only.split(" "));
       const parameters = event.detail.parameters;
       for (const name of Object.keys(parameters)) {
@@ -160,7 +263,7 @@
       // Enter sends, Shift+Enter is a new line (not while an IME is composing).
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
-        form.requestSubmit();
+        if (!event.repeat) form.requestSubmit();
       }
     });
     box.addEventListener("input", () => autosize(box));
@@ -188,19 +291,78 @@
         awaitingVerdict = false;
       }
     });
+    // The socket ended before the message's row or verdict came back: it may not have
+    // reached the server, so the text goes back into the box to check and send again.
+    document.body.addEventListener("htmx:wsClose", () => {
+      if (!awaitingVerdict) return;
+      awaitingVerdict = false;
+      if (!box.value) {
+        box.value = lastSent;
+        autosize(box);
+      }
+      const error = $("chat-error");
+      if (error) error.textContent = "The connection dropped before this was confirmed: if it does not appear, send it again.";
+    });
+    // An htmx form post refused (renaming, a name change): its error line shows the
+    // reason as text, never a whole error page swapped into it.
+    document.body.addEventListener("htmx:beforeSwap", (event) => {
+      const target = event.detail.target;
+      const xhr = event.detail.xhr;
+      if (!target || !target.classList.contains("send-error") || xhr.status < 400) return;
+      const html = xhr.responseText || "";
+      const answer = new DOMParser().parseFromString(html, "text/html").body;
+      if (answer.childElementCount === 1 && answer.firstElementChild.id === target.id) return; // the line itself
+      event.detail.shouldSwap = false;
+      target.textContent = reasonIn(html, xhr.status, xhr.statusText, target.id);
+    });
+  }
+
+  // -- sending over HTTP (socket not open, or on the event stream) ---------------------
+
+  let sending = false;
+
+  async function sendOverHttp(form, url) {
+    if (sending) return; // a second Enter while the first is on its way
+    sending = true;
+    const error = $("chat-error");
+    let reason = "";
+    try {
+      const response = await fetch(url, {
+        method: "POST",
+        body: new URLSearchParams(new FormData(form)),
+        headers: { "HX-Request": "true" },
+        credentials: "same-origin",
+      });
+      if (!response.ok) reason = reasonIn(await response.text(), response.status, response.statusText, "chat-error");
+    } catch (e) {
+      reason = "Not sent: the server cannot be reached. Try again.";
+    } finally {
+      sending = false;
+    }
+    if (error) error.textContent = reason;
+    if (!reason) clearComposer(); // stored: the row comes over the socket or the stream
   }
 
   // -- WebSocket, and the event stream where WebSockets are blocked ------------------
   //
-  // The page chats over its WebSocket (htmx ws extension). When sockets fail twice
-  // within 15 s without working (refused by a proxy, or closed as soon as opened, but
-  // not closed by the server itself, as it does while restarting), or the first one
-  // does not open within 6 s, the page switches to the fallback: it
-  // receives over the event stream (resuming after its newest row) and sends with
-  // ordinary htmx POSTs. The WebSocket keeps retrying in the background; when one opens
-  // and stays open, the page switches back and closes the stream.
+  // The page chats over its WebSocket (htmx ws extension). Whatever ends the socket, it
+  // comes back: the extension reconnects after 1006/1011/1012/1013, this script after
+  // any other code (a proxy's 1000, 1001, 1008, ...), at once when the network returns
+  // or the tab wakes. Only 4404 is final, once the server confirms the room is gone.
+  // When sockets fail twice within 15 s without working (refused by a proxy, or closed
+  // as soon as opened, but not closed by the server itself, as it does while
+  // restarting), or the first one does not open within 6 s, the page switches to the
+  // fallback: it receives over the event stream (resuming after its newest row) and
+  // sends with ordinary POSTs. The socket keeps retrying in the background; when one
+  // opens and stays open, the page switches back and closes the stream. A message sent
+  // while the socket is not open goes over HTTP at once.
 
-  let mode = "socket";
+  let mode = "socket"; // "socket", "stream" or "gone"
+  let socketState = "connecting"; // the htmx socket: "connecting", "open" or "closed"
+  let socket = null; // the extension's socket wrapper (its public interface)
+  let extensionRetries = false; // the extension reconnects this close by itself
+  let retries = 0;
+  let retryTimer = null;
   let failures = [];
   let openedAt = 0;
   let stream = null;
@@ -219,15 +381,46 @@
     }, () => { /* unreachable: not a blocked socket */ });
   }
 
-  function useStream() {
-    const room = $("room");
-    if (mode === "stream" || !room) return;
-    mode = "stream";
-    setStatus("fallback");
-    openStream(room.dataset.events);
+  function reconnectSoon() {
+    if (retryTimer || mode === "gone") return;
+    retryTimer = setTimeout(() => { retryTimer = null; reconnectNow(); }, reconnectDelay(retries++));
   }
 
-  function openStream(url) {
+  function reconnectNow() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    if (socket && socketState === "closed" && !extensionRetries && mode !== "gone") socket.reconnect();
+    if (mode === "stream" && stream && stream.readyState === EventSource.CLOSED) openStream();
+  }
+
+  // 4404 is final only when the server says the room is gone; from anything else
+  // (a proxy) it is one more close to recover from.
+  function checkRoomGone() {
+    const room = $("room");
+    fetch(room.dataset.history, { cache: "no-store" }).then((response) => {
+      if (response.status === 404) roomGone();
+      else reconnectSoon();
+    }, reconnectSoon);
+  }
+
+  function roomGone() {
+    mode = "gone";
+    clearTimeout(retryTimer);
+    if (stream) { stream.close(); stream = null; }
+    setStatus("gone");
+    const error = $("chat-error");
+    if (error) error.textContent = "This room no longer exists: nothing can be sent here.";
+  }
+
+  function useStream() {
+    if (mode !== "socket") return;
+    mode = "stream";
+    setStatus("fallback");
+    openStream();
+  }
+
+  function openStream() {
+    const url = $("room").dataset.events;
     if (stream) stream.close();
     stream = new EventSource(withLastId(url));
     stream.addEventListener("message", (event) => {
@@ -243,13 +436,13 @@
     stream.onopen = () => setStatus("fallback");
     stream.onerror = () => {
       if (stream.readyState === EventSource.CLOSED) {
-        setTimeout(() => { if (mode === "stream") openStream(url); }, 2000);
+        setTimeout(() => { if (mode === "stream") openStream(); }, 2000);
       }
     };
   }
 
   function useSocket() {
-    if (mode === "socket") return;
+    if (mode !== "stream") return;
     mode = "socket";
     failures = [];
     if (stream) { stream.close(); stream = null; }
@@ -257,38 +450,53 @@
 
   function setUpConnection() {
     const room = $("room");
+    if (room && $("newest")) setStatus("offline", "earlier messages (not live)");
     if (!room || !room.hasAttribute("ws-connect")) return;
     setStatus("connecting");
     const neverOpened = setTimeout(() => { if (!openedAt) { failure(); failure(); } }, FIRST_OPEN_TIMEOUT);
     let stableTimer = null;
-    document.body.addEventListener("htmx:wsOpen", () => {
+    document.body.addEventListener("htmx:wsConnecting", () => { socketState = "connecting"; });
+    document.body.addEventListener("htmx:wsOpen", (event) => {
+      socket = event.detail.socketWrapper;
+      socketState = "open";
       openedAt = Date.now();
       clearTimeout(neverOpened);
+      if (mode === "gone") { socket.queue.length = 0; return; }
       setStatus(mode === "stream" ? "fallback" : "live");
-      stableTimer = setTimeout(() => { failures = []; useSocket(); setStatus("live"); }, STABLE_AFTER);
+      stableTimer = setTimeout(() => {
+        failures = [];
+        retries = 0;
+        useSocket();
+        setStatus("live");
+      }, STABLE_AFTER);
     });
     document.body.addEventListener("htmx:wsClose", (event) => {
+      socket = event.detail.socketWrapper;
+      socketState = "closed";
+      socket.queue.length = 0; // nothing waits for a later socket (sends go over HTTP)
       clearTimeout(stableTimer);
       const lived = openedAt ? Date.now() - openedAt : 0;
       openedAt = 0;
       const code = event.detail.event && event.detail.event.code;
       if (code === RESTARTING) restartedAt = Date.now();
       if (lived < STABLE_AFTER && !SERVER_CLOSES.includes(code)) failure();
+      extensionRetries = EXTENSION_RECONNECTS.includes(code);
+      if (code === UNKNOWN_ROOM) checkRoomGone();
+      else if (!extensionRetries) reconnectSoon();
       if (mode === "socket") setStatus("reconnecting");
     });
     // (A socket that fails fires "error" and then "close": only the close counts, once.)
+    window.addEventListener("online", reconnectNow);
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) reconnectNow(); });
 
-    // Sending while on the stream (or while the socket is down): an htmx POST.
+    // Sending while the socket is not open, or while on the stream: a POST, at once.
     const form = $("chatform");
     document.addEventListener("submit", (event) => {
-      if (event.target !== form || mode === "socket") return;
+      if (event.target !== form) return;
+      if (mode === "socket" && socketState === "open" && !sending) return; // over the socket
       event.preventDefault();
       event.stopImmediatePropagation();
-      htmx.ajax("POST", room.dataset.post, { source: form, target: "#chat-error", swap: "outerHTML" })
-        .then(() => {
-          const error = $("chat-error");
-          if (!error || !error.textContent.trim()) clearComposer();
-        });
+      if (mode !== "gone") sendOverHttp(form, room.dataset.post);
     }, true);
   }
 
@@ -297,7 +505,7 @@
   function setUpEmbed() {
     if (!$("live")) return;
     setStatus("connecting");
-    document.body.addEventListener("htmx:sseOpen", () => setStatus("live"));
+    document.body.addEventListener("htmx:sseOpen", () => setStatus("live", "live"));
     document.body.addEventListener("htmx:sseError", () => setStatus("reconnecting"));
     // After a reset the live part is replaced: watch the new transcript.
     document.body.addEventListener("htmx:afterSwap", (event) => {
@@ -306,6 +514,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    setUpUnread();
     setUpTranscript();
     setUpComposer();
     setUpConnection();

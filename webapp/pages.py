@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, redirect, render_template, requ
 from . import chat, db, labels
 from .extensions import csrf
 from .models import Message, Room
+from .rendering import embed_snippet
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
@@ -43,11 +44,30 @@ def _my_handle():
     return session["handle"]
 
 
-def _room_page(room, status=200, error=None, form=None, rename_error=None):
+def _before():
+    """The ``?before=<id>`` of an earlier page, or None for the newest; 400 when bad."""
+    text = request.args.get("before")
+    if text is None:
+        return None
+    try:
+        return chat.whole_number(text, "before", low=1)
+    except chat.BadInput:
+        abort(400, description="before must be a message id (a positive whole number).")
+
+
+def _room_page(room, status=200, error=None, form=None, rename_error=None, before=None):
+    """The room page: the newest messages (live), or with ``before`` the page of
+    messages before that id (no live connection; links to earlier and to the newest)."""
     config = current_app.config
     with db.connection():
-        messages = [m.as_dict(room.label) for m in Message.recent(room.id, config["HISTORY_SIZE"])]
+        if before is None:
+            rows = Message.recent(room.id, config["HISTORY_SIZE"])
+        else:
+            rows = Message.before(room.id, before, config["HISTORY_SIZE"])
+        messages = [m.as_dict(room.label) for m in rows]
+        earlier = bool(messages) and bool(Message.before(room.id, messages[0]["id"], 1))
     me = _my_handle()
+    embed_url = url_for("pages.embed", label=room.label, _external=True)
     page = render_template(
         "room.html",
         room=room,
@@ -55,9 +75,11 @@ def _room_page(room, status=200, error=None, form=None, rename_error=None):
         here=current_app.extensions["chat.realtime"].presence.handles(room.label),
         rename_error=rename_error,
         messages=messages,
+        live=before is None,
+        earlier_url=url_for("pages.room", label=room.label, before=messages[0]["id"]) if earlier else None,
         last_id=messages[-1]["id"] if messages else 0,
         share_url=url_for("pages.room", label=room.label, _external=True),
-        embed_url=url_for("pages.embed", label=room.label, _external=True),
+        embed_snippet=embed_snippet(embed_url, room.name),
         error=error,
         form=form or {"handle": me},
         limits={"handle": config["HANDLE_MAX"], "message": config["MESSAGE_MAX"], "name": config["ROOM_NAME_MAX"]},
@@ -68,13 +90,15 @@ def _room_page(room, status=200, error=None, form=None, rename_error=None):
 @bp.get("/<label:label>/")
 @db.without_request_connection  # who is here comes from Redis: no connection held meanwhile
 def room(label):
-    """The room (created on first visit): the last messages, and the form to chat."""
+    """The room (created on first visit): the last messages, and the form to chat;
+    ``?before=<id>`` shows the messages before that one instead."""
+    before = _before()
     try:
         room = chat.open_room(label, request.remote_addr)
     except chat.TooManyRooms as exc:
         page = render_template("error.html", status=429, title="Too Many Requests", reason=str(exc))
         return page, 429, {"Retry-After": str(current_app.config["ROOM_CREATE_LIMIT"].seconds)}
-    return _room_page(room)
+    return _room_page(room, before=before)
 
 
 def _from_htmx():

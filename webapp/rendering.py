@@ -2,7 +2,10 @@
 
 One Jinja partial (``templates/_message.html``) renders a message row from the message's
 JSON form, autoescaped; rows come out on a single line (newlines in the text become
-``<br>``), so the event stream can carry a row as one ``data:`` line.
+``<br>``), so the event stream can carry a row as one ``data:`` line. ``message_html``
+is the only place a message's text becomes markup: every character is escaped, and an
+``http``/``https`` URL becomes a link whose visible text is exactly the URL as sent;
+nothing else (``javascript:``, ``data:``, HTML in the text) ever becomes a link.
 
 ``WireForms.encode(fmt, kind, payload)`` turns an event into the bytes one kind of
 listener takes: ``json`` (the seed's protocol), ``html`` (the htmx socket: out-of-band
@@ -10,9 +13,11 @@ swaps) or ``sse`` (an event-stream chunk). The hub calls it once per message and
 """
 
 import json
+import re
 from datetime import datetime
+from urllib.parse import urlsplit
 
-from markupsafe import escape
+from markupsafe import Markup, escape
 
 from .websocket import text_frame
 
@@ -20,6 +25,57 @@ from .websocket import text_frame
 def clock(iso):
     """``HH:MM`` (UTC) of an ISO-8601 timestamp; the page script shows local time."""
     return datetime.fromisoformat(iso).strftime("%H:%M")
+
+
+# A URL runs to the next space or a character that cannot be part of one unescaped.
+URL = re.compile(r"""https?://[^\s<>"'`]+""", re.IGNORECASE)
+# Punctuation that ends a sentence rather than the URL.
+TRAILING = ".,;:!?'\""
+LINK = Markup('<a href="{}" rel="nofollow noopener noreferrer ugc" target="_blank">{}</a>')
+EMBED_SNIPPET = Markup('<iframe src="{}" title="{}" width="400" height="500" loading="lazy"></iframe>')
+
+
+def _url_end(url):
+    """Where a matched URL really ends: without trailing punctuation, and without a
+    closing bracket it does not open itself (``(see https://a.example/x)``)."""
+    while url:
+        if url[-1] in TRAILING:
+            url = url[:-1]
+        elif url[-1] == ")" and url.count(")") > url.count("("):
+            url = url[:-1]
+        else:
+            break
+    return len(url)
+
+
+def _linked(line):
+    parts, position = [], 0
+    for match in URL.finditer(line):
+        url = match.group()[: _url_end(match.group())]
+        try:
+            parsed = urlsplit(url)
+        except ValueError:  # e.g. a malformed IPv6 host: stays text
+            continue
+        if not parsed.hostname:
+            continue
+        parts.append(escape(line[position : match.start()]))
+        parts.append(LINK.format(url, url))
+        position = match.start() + len(url)
+    parts.append(escape(line[position:]))
+    return Markup("").join(parts)
+
+
+def message_html(text):
+    """A message's text as markup: escaped, newlines as ``<br>``, http(s) URLs as links
+    (opening in a new tab, ``rel="nofollow noopener noreferrer ugc"``)."""
+    return Markup("<br>").join(_linked(line) for line in text.split("\n"))
+
+
+def embed_snippet(embed_url, title):
+    """The ``<iframe>`` a site owner copies, as text: the URL and the room's name (anyone
+    may set it) are escaped inside it, so pasted anywhere it is exactly one iframe. The
+    page escapes this text once more to show it in a ``<textarea>``."""
+    return str(EMBED_SNIPPET.format(embed_url, title))
 
 
 def to_json(value):
@@ -95,3 +151,4 @@ class WireForms:
 
 def init_app(app):
     app.add_template_filter(clock)
+    app.add_template_filter(message_html)

@@ -68,6 +68,9 @@ def defaults(instance_path):
         # Peers whose X-Forwarded-* headers TRUST_PROXY believes (gunicorn.conf.py reads
         # the same variable for its forwarded_allow_ips).
         "TRUSTED_PROXIES": "127.0.0.1,::1",
+        # Form tokens (flask-wtf) stay valid for the whole session: a room page left open
+        # for hours still sends and renames (its default, 3600 s, killed every form).
+        "WTF_CSRF_TIME_LIMIT": None,
         # Limits of the contract.
         "HANDLE_MAX": 50,
         "MESSAGE_MAX": 2000,

@@ -206,15 +206,18 @@ def test_the_page_reconnects_after_a_restart_and_misses_nothing(live, redis_serv
 
 PAYLOADS = [line for line in open(__file__.replace("test_chat_in_browser.py", "xss_payloads.txt")).read().splitlines()
             if line]
-SUSPICIOUS = "#chat script, #chat img, #chat svg, #chat a, #chat iframe, #chat object, #chat embed, #chat input, " \
+SUSPICIOUS = "#chat script, #chat img, #chat svg, #chat .msg a:not([href^='http']), #chat iframe, " \
+             "#chat object, #chat embed, #chat input, " \
              "#chat form, #chat style, #chat link, #chat meta, #chat base, #chat [hx-get], #chat [hx-post], " \
              "#chat [hx-swap-oob], #chat [hx-on\\:click], #chat [data-hx-get], #chat [ws-connect], #chat [sse-connect]"
 
 
-def test_hostile_text_is_shown_as_text_and_does_nothing(server, open_page):
-    """60 payloads, each arriving three ways (rendered in the page, pushed over the htmx
-    socket, streamed to the embed): all shown as the text that was sent, none acts."""
+def test_hostile_text_is_shown_as_text_and_does_nothing(live, redis_server, open_page):
+    """66 payloads, each arriving three ways (rendered in the page, pushed over the htmx
+    socket, streamed to the embed): all shown as the text that was sent, none acts; the
+    only links are the http(s) URLs in the text."""
     assert len(PAYLOADS) >= 50
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url, RATE_LIMIT="0")  # one socket sends them all
     server.open_room("hostile")
     page = open_page(server.url + "/hostile/")
     embed = open_page(server.url + "/hostile/embed")
@@ -240,6 +243,11 @@ def test_hostile_text_is_shown_as_text_and_does_nothing(server, open_page):
     assert not [url for url in requests if "/api/" in url or url.endswith(("/x", "/x.js"))]
     for view in (page, embed):
         assert view.locator(SUSPICIOUS).count() == 0
+        # the only links are http(s) URLs of the text, shown as sent, opening a new tab
+        for href, text, rel, target in view.eval_on_selector_all(
+                "#chat .msg a", "els => els.map(a => [a.getAttribute('href'), a.textContent, a.rel, a.target])"):
+            assert href.lower().startswith(("http://", "https://")) and text == href
+            assert (rel, target) == ("nofollow noopener noreferrer ugc", "_blank")
         assert view.locator("#room-name").inner_text() == "hostile"
     assert page.locator("#chat-error").inner_text() == ""
 
@@ -248,14 +256,20 @@ SIZES = {"phone": {"width": 390, "height": 844}, "desktop": {"width": 1280, "hei
 
 
 @pytest.mark.parametrize("size", list(SIZES))
-def test_screenshots(server, open_page, screenshot, size):
-    """Home, room and embed at phone and desktop widths (written to artifacts/screenshots)."""
+def test_screenshots(live, redis_server, open_page, screenshot, size):
+    """Home, room and embed at phone and desktop widths (written to artifacts/screenshots):
+    a longer room (a short history page, so "Earlier messages" shows) with a link."""
+    server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url, HISTORY_SIZE=6 if size == "desktop" else 4)
     server.open_room("design-review")
     for handle, message in [
+        ("chen", "Who has the release checklist?"),
+        ("bob", "Pinned it last week, scroll up."),
         ("ann", "Morning! Is the deploy still on for 10:00?"),
         ("bob", "Yes. Redis is upgraded, the workers restart one by one."),
+        ("chen", "Runbook: https://example.org/runbooks/rolling-restart"),
         ("ann", "Great. I'll watch /metrics while it happens."),
         ("chen", "Reconnects are automatic, nobody should notice 👍"),
+        ("bob", "Going ahead now."),
     ]:
         server.post_json("design-review", handle, message)
     server.open_room("release-notes")
@@ -269,6 +283,8 @@ def test_screenshots(server, open_page, screenshot, size):
     expect(room.locator("#presence")).to_have_text("ann")
     room.evaluate("document.querySelectorAll('#chat .msg')"
                   ".forEach(r => r.classList.toggle('mine', r.dataset.handle === 'ann'))")
+    expect(room.locator("#earlier")).to_be_visible()
+    expect(room.locator("#chat .msg a")).to_have_text("https://example.org/runbooks/rolling-restart")
     screenshot(room, f"room-{size}")
     embed = open_page(server.url + "/design-review/embed", viewport=viewport)
     expect(embed.locator("#status")).to_have_attribute("data-state", "live")
@@ -300,6 +316,8 @@ def test_away_for_more_than_five_hundred_the_page_reloads_its_history(live, redi
     expect(page.locator("#chat .msg .text").first).to_have_text("missed 460", timeout=20_000)
     expect(page.locator("#chat .msg")).to_have_count(50)
     assert texts(page) == [f"missed {n}" for n in range(460, 510)]
+    if path == "/away/":  # the older ones stay reachable
+        expect(page.locator("#earlier")).to_have_attribute("href", f"/away/?before={rows(page)[0][0]}")
     expect(page.locator("#status")).to_have_attribute("data-state", "live")
     other.post_json("away", "bob", "back to live")
     expect(page.locator("#chat .msg").last).to_contain_text("back to live")
