@@ -38,6 +38,12 @@ class RateLimited(BadInput):
     status = 429
 
 
+class Refused(BadInput):
+    """Sending is not allowed here (a locked room, a blocked address): see ``moderation``."""
+
+    status = 403
+
+
 def _text(value, field):
     if not isinstance(value, str):
         raise BadInput(f"{field} must be text")
@@ -118,7 +124,7 @@ class Sender:
 def send(room, handle, text, sender):
     """Validate, store and publish one message; return the stored Message.
 
-    Raises RateLimited or BadInput (nothing stored), or db.StorageUnavailable.
+    Raises RateLimited, Refused or BadInput (nothing stored), or db.StorageUnavailable.
     """
     config = current_app.config
     throttle = current_app.extensions["chat.throttle"]
@@ -133,6 +139,7 @@ def send(room, handle, text, sender):
         metrics.REFUSED.labels("bad_input").inc()
         raise
     with db.connection():
+        current_app.extensions["chat.moderation"].check(room.id, sender.address)
         message, previous = Message.store(room.id, handle, text, db.write_transaction)
     metrics.MESSAGES_STORED.inc()
     current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)

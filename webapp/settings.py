@@ -32,14 +32,14 @@ class Rate:
         return f"{self.count}/{self.seconds}" if self.enabled else "0"
 
     @classmethod
-    def parse(cls, text):
+    def parse(cls, text, name="RATE_LIMIT"):
         """Read ``N/S`` (or ``0``, meaning off)."""
         text = str(text).strip()
         if text == "0":
             return cls(0, 1)
         match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
         if not match or int(match[2]) == 0:
-            raise ConfigError(f"RATE_LIMIT must look like N/S (e.g. 60/10) or 0, not {text!r}")
+            raise ConfigError(f"{name} must look like N/S (e.g. 60/10) or 0, not {text!r}")
         return cls(int(match[1]), int(match[2]))
 
 
@@ -82,7 +82,16 @@ def defaults(instance_path):
         # The kernel's send buffer per socket or stream (fixed: Linux would otherwise
         # autotune it up to megabytes for a client that stopped reading).
         "SOCKET_SEND_BUFFER": 256 * 1024,
+        # Operators (see webapp.admin, webapp.moderation, webapp.retention).
+        "ADMIN_TOKEN": None,
+        "ADMIN_RATE_LIMIT": Rate(60, 60),
+        "MODERATION_REFRESH": 2.0,
+        "MESSAGE_RETENTION_DAYS": None,
+        "RETENTION_INTERVAL": 600.0,
+        "RETENTION_BATCH": 1000,
     }
+
+ADMIN_TOKEN_MIN = 16
 
 
 # name -> parser for values that come from the environment as text.
@@ -110,6 +119,16 @@ def _float(name):
         return value
 
     return parse
+
+
+def _days(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"MESSAGE_RETENTION_DAYS must be a number of days, not {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"MESSAGE_RETENTION_DAYS must be positive (unset keeps messages forever), not {value}")
+    return value
 
 
 def _choice(name, choices):
@@ -166,6 +185,12 @@ PARSERS = {
     "SEND_BACKLOG_MAX_BYTES": _int("SEND_BACKLOG_MAX_BYTES", 1024),
     "SEND_BACKLOG_MAX_SECONDS": _float("SEND_BACKLOG_MAX_SECONDS"),
     "SOCKET_SEND_BUFFER": _int("SOCKET_SEND_BUFFER", 4096),
+    "ADMIN_TOKEN": lambda text: text or None,
+    "ADMIN_RATE_LIMIT": lambda text: Rate.parse(text, "ADMIN_RATE_LIMIT"),
+    "MODERATION_REFRESH": _float("MODERATION_REFRESH"),
+    "MESSAGE_RETENTION_DAYS": lambda text: _days(text) if text.strip() else None,
+    "RETENTION_INTERVAL": _float("RETENTION_INTERVAL"),
+    "RETENTION_BATCH": _int("RETENTION_BATCH", 1),
 }
 
 
@@ -174,7 +199,7 @@ def from_environ(environ):
     settings = {}
     for name, parse in PARSERS.items():
         text = environ.get(name)
-        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY")):
+        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY", "ADMIN_TOKEN")):
             settings[name] = parse(text)
     return settings
 
@@ -183,8 +208,17 @@ def check(config):
     """Refuse combinations that cannot work, with a message an operator can act on."""
     if not isinstance(config["RATE_LIMIT"], Rate):
         config["RATE_LIMIT"] = Rate.parse(config["RATE_LIMIT"])
+    if not isinstance(config["ADMIN_RATE_LIMIT"], Rate):
+        config["ADMIN_RATE_LIMIT"] = Rate.parse(config["ADMIN_RATE_LIMIT"], "ADMIN_RATE_LIMIT")
     if isinstance(config["ALLOWED_ORIGINS"], str):
         config["ALLOWED_ORIGINS"] = _origins(config["ALLOWED_ORIGINS"])
+    token = config.get("ADMIN_TOKEN")
+    if token is not None and len(token) < ADMIN_TOKEN_MIN:
+        raise ConfigError(
+            f"ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters (it is {len(token)}): "
+            "a short token can be guessed. Use a long random one (e.g. `openssl rand -hex 32`), "
+            "or unset it to turn the admin API off."
+        )
     if int(config["WEB_CONCURRENCY"]) > 1 and not config["REDIS_URL"]:
         raise ConfigError(
             f"WEB_CONCURRENCY={config['WEB_CONCURRENCY']} needs REDIS_URL: the in-process "
