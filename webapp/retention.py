@@ -45,7 +45,7 @@ def _take_lease(holder):
     now = utcnow()
 
     def take():
-        MaintenanceLock.insert(name=LOCK_NAME, holder="", expires=now).on_conflict_ignore().execute()
+        MaintenanceLock.insert(name=LOCK_NAME, holder="", expires=now - LEASE).on_conflict_ignore().execute()
         return (MaintenanceLock.update(holder=holder, expires=now + LEASE)
                 .where((MaintenanceLock.name == LOCK_NAME)
                        & ((MaintenanceLock.expires < now) | (MaintenanceLock.holder == holder)))
@@ -55,7 +55,7 @@ def _take_lease(holder):
 
 
 def _give_back(holder):
-    db.write_transaction(lambda: MaintenanceLock.update(holder="", expires=utcnow())
+    db.write_transaction(lambda: MaintenanceLock.update(holder="", expires=utcnow() - LEASE)
                          .where((MaintenanceLock.name == LOCK_NAME) & (MaintenanceLock.holder == holder))
                          .execute())
 
