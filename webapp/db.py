@@ -18,7 +18,7 @@ from peewee import DatabaseError, InterfaceError, OperationalError, PostgresqlDa
 from playhouse import db_url
 from playhouse.pool import MaxConnectionsExceeded
 
-from .models import POSTGRES_FUNCTIONS, database
+from .models import database
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,7 @@ def create_schema():
     from .migrations import migrate
 
     with connection():
-        applied = migrate()
-        if is_postgres():
-            database.execute_sql(POSTGRES_FUNCTIONS)
-    return applied
+        return migrate()
 
 
 def without_request_connection(view):

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from peewee import OperationalError, PostgresqlDatabase
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
 
-from ..models import SchemaMigration, database
+from ..models import POSTGRES_FUNCTIONS, SchemaMigration, database
 
 log = logging.getLogger(__name__)
 
@@ -104,4 +104,8 @@ def migrate():
                 SchemaMigration.create(version=version, name=name)
             log.info("applied a migration", extra={"event": "migration_applied", "version": version, "migration": name})
             done_now.append(f"{version:04d}_{name}")
+        if postgres:
+            # Replaced on every run, still under the lock: two concurrent CREATE OR
+            # REPLACE FUNCTION fail with "tuple concurrently updated".
+            db.execute_sql(POSTGRES_FUNCTIONS)
     return done_now
