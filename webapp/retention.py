@@ -77,6 +77,7 @@ def purge(days, batch_size):
     Call within an app context.
     """
     holder = _holder()
+    started = time.time()
     horizon = utcnow() - timedelta(days=days)
     deleted = 0
     with db.connection():
@@ -93,7 +94,8 @@ def purge(days, batch_size):
             _give_back(holder)
     if deleted:
         log.info("retention: deleted old messages",
-                 extra={"event": "retention_purged", "deleted": deleted, "days": days, "holder": holder})
+                 extra={"event": "retention_purged", "deleted": deleted, "days": days, "holder": holder,
+                        "started": started, "finished": time.time()})
     return deleted
 
 
