@@ -21,13 +21,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def admin_app(tmp_path):
-    app = create_app({**TEST_CONFIG, "DATABASE_URL": f"sqlite:///{tmp_path}/chat.sqlite3", "ADMIN_TOKEN": TOKEN,
-                      "MODERATION_REFRESH": 0.01})
-    _fresh_schema()
-    yield app
-    app.extensions["chat.realtime"].stop()
-    database.close_all()
+def admin_app(app):
+    """The app with the admin API on (and locks and blocks re-read on every send)."""
+    app.config["ADMIN_TOKEN"] = TOKEN
+    app.extensions["chat.moderation"].refresh = 0
+    return app
 
 
 @pytest.fixture

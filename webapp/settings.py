@@ -108,27 +108,17 @@ def _int(name, minimum=0):
     return parse
 
 
-def _float(name):
+def _float(name, unit="seconds"):
     def parse(text):
         try:
             value = float(text)
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+            raise ConfigError(f"{name} must be a number of {unit}, not {text!r}") from None
         if value <= 0:
             raise ConfigError(f"{name} must be positive, not {value}")
         return value
 
     return parse
-
-
-def _days(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"MESSAGE_RETENTION_DAYS must be a number of days, not {text!r}") from None
-    if value <= 0:
-        raise ConfigError(f"MESSAGE_RETENTION_DAYS must be positive (unset keeps messages forever), not {value}")
-    return value
 
 
 def _choice(name, choices):
@@ -188,7 +178,7 @@ PARSERS = {
     "ADMIN_TOKEN": lambda text: text or None,
     "ADMIN_RATE_LIMIT": lambda text: Rate.parse(text, "ADMIN_RATE_LIMIT"),
     "MODERATION_REFRESH": _float("MODERATION_REFRESH"),
-    "MESSAGE_RETENTION_DAYS": lambda text: _days(text) if text.strip() else None,
+    "MESSAGE_RETENTION_DAYS": _float("MESSAGE_RETENTION_DAYS", "days"),
     "RETENTION_INTERVAL": _float("RETENTION_INTERVAL"),
     "RETENTION_BATCH": _int("RETENTION_BATCH", 1),
 }

@@ -1,6 +1,6 @@
 """An operator deletes a message: open pages and embeds on the other server drop it at
 once, in real Chromium (over the page's socket, over the event stream of its fallback,
-and in the embed), and it stays gone after a reload."""
+and in the embed), and it stays gone after a reload; clearing a room empties them."""
 
 import pytest
 import requests
@@ -55,3 +55,13 @@ def test_a_deleted_message_leaves_pages_and_embeds_on_the_other_server_at_once(p
         view.reload()
         expect(view.locator("#chat .msg")).to_have_count(2)
         assert texts(view) == ["message 0", "after the deletions"]
+
+    # Clearing the room's history empties every open transcript.
+    wait_live(page)
+    expect(fallback.locator("#status")).to_have_attribute("data-state", "fallback", timeout=10_000)
+    expect(embed.locator("#status")).to_have_attribute("data-state", "live")
+    cleared = requests.delete(f"{two.url}/api/rooms/mod/messages", headers={"Authorization": f"Bearer {TOKEN}"},
+                              timeout=5)
+    assert cleared.json() == {"room": "mod", "deleted": 2}
+    for view in views:
+        expect(view.locator("#chat .msg")).to_have_count(0, timeout=3000)

@@ -6,27 +6,22 @@ it remembers the largest id ever used (``sqlite_sequence``). So the table is reb
 it, every row copied with its id. PostgreSQL's sequence never goes back: nothing to do.
 """
 
-from peewee import CharField, DateTimeField, ForeignKeyField, Model, SqliteDatabase, TextField
+import importlib
+
+from peewee import SqliteDatabase
 from playhouse.migrate import migrate
 from playhouse.sqlite_ext import AutoIncrementField
 
-from ..models import database, utcnow
+from ..models import database
 
 OLD = "message_before_0002"
+initial = importlib.import_module(f"{__package__}.0001_initial")
 
 
-class Room(Model):
-    class Meta:
-        database = database
-        table_name = "room"
+class Message(initial.Message):
+    """The first release's message table, with ids that are never reused."""
 
-
-class Message(Model):
     id = AutoIncrementField()
-    room = ForeignKeyField(Room, on_delete="CASCADE", index=False)
-    handle = CharField(max_length=50)
-    message = TextField()
-    timestamp = DateTimeField(default=utcnow, index=True)
 
     class Meta:
         database = database
