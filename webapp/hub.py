@@ -105,11 +105,9 @@ class Hub:
         arrived meanwhile and was not part of it, then deliver as usual."""
         held, listener.held = listener.held, None
         for message_id, kind, payload in held or ():
-            if message_id is None:  # a deletion
+            if message_id is None or message_id > listener.sent_id:  # None: a deletion, always sent
                 listener.write(self._encode(listener.fmt, kind, payload))
-            elif message_id > listener.sent_id:
-                listener.write(self._encode(listener.fmt, kind, payload))
-                listener.sent_id = message_id
+                listener.sent_id = max(listener.sent_id, message_id or 0)
 
     def leave(self, listener):
         channel = listener.channel
