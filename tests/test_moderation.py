@@ -190,7 +190,10 @@ def test_a_locked_room_refuses_sends_with_a_reason_and_unlocking_restores(admin,
     htmx = admin.post("/lobby/messages", data={"handle": "bob", "message": "hi", "csrf_token": token},
                       headers={"HX-Request": "true"})
     assert htmx.status_code == 403 and "locked" in htmx.get_data(as_text=True)
+    rename = admin.post("/lobby/name", data={"name": "Taken over", "csrf_token": token})
+    assert rename.status_code == 403 and "locked" in rename.get_data(as_text=True)
     assert ids(admin, "lobby") == []
+    assert admin.get("/api/rooms").get_json()["rooms"][0]["name"] == "lobby"
     assert admin.delete("/api/rooms/lobby/lock", headers=AUTH).get_json() == {"room": "lobby", "locked": False}
     assert post(admin, "lobby", "hello").status_code == 201
     assert parse(admin.get("/lobby/").get_data(as_text=True)).by_id("room-locked") is None

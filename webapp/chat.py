@@ -153,7 +153,9 @@ def rename(room, name, sender):
         metrics.REFUSED.labels("rate_limited").inc()
         raise RateLimited("slow down: too many changes")
     name = clean_room_name(name, config["ROOM_NAME_MAX"])
-    db.write_transaction(lambda: Room.update(name=name).where(Room.id == room.id).execute())
+    with db.connection():
+        current_app.extensions["chat.moderation"].check(room.id, sender.address)  # read-only, blocked
+        db.write_transaction(lambda: Room.update(name=name).where(Room.id == room.id).execute())
     room.name = name
     current_app.extensions["chat.realtime"].broadcast(room.label, "room", {"name": name})
     return name
