@@ -312,3 +312,18 @@ def test_a_deletion_during_a_replay_is_written_after_it():
     listener.sent_id = 5
     hub.finish_replay(listener)
     assert listener.got == [("message", {"id": 4}), ("delete", {"id": 4})]
+
+
+def test_retention_and_its_lease_on_both_databases(any_app):
+    client = any_app.test_client()
+    label = f"ret-{id(any_app) % 100000}"  # the PostgreSQL database is shared by tests
+    client.get(f"/{label}/")
+    sent = [post(client, label, f"m{n}").get_json()["id"] for n in range(4)]
+    _age(any_app, sent[:3], days=3)
+    with any_app.app_context(), db.connection():
+        assert retention._take_lease("another process")
+        assert not retention._take_lease("a third one")
+        assert retention.purge(days=1, batch_size=2) is None
+        retention._give_back("another process")
+        assert retention.purge(days=1, batch_size=2) == 3
+    assert ids(client, label) == sent[3:]
