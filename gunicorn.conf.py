@@ -76,6 +76,7 @@ def post_worker_init(worker):
     import gevent
 
     worker.wsgi.extensions["chat.realtime"].start()
+    worker.wsgi.extensions["chat.retention"].start()
 
     def drain_when_stopping():
         while worker.alive:

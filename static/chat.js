@@ -40,6 +40,22 @@
     return u.toString();
   }
 
+  // Rows an operator deleted, announced on the event stream ("delete": one id; "clear":
+  // every row up to an id). The htmx socket removes them itself (out-of-band swaps).
+  function dropDeletedRows(source) {
+    source.addEventListener("delete", (event) => {
+      const row = $("message-" + Number(event.data));
+      if (row) row.remove();
+    });
+    source.addEventListener("clear", (event) => {
+      const through = Number(event.data);
+      document.querySelectorAll('#chat [id^="message-"]').forEach((row) => {
+        if (Number(row.id.slice("message-".length)) <= through) row.remove();
+      });
+    });
+    return source;
+  }
+
   // Every (re)connection resumes after the newest row shown: the server replays what
   // was missed, so nothing is lost and nothing doubled. Reconnect attempts back off with
   // full jitter, but never wait more than 5 s (htmx's default grows to 64 s).
@@ -52,7 +68,7 @@
       return socket;
     };
     htmx.createEventSource = function (url) {
-      return new EventSource(withLastId(url), { withCredentials: true });
+      return dropDeletedRows(new EventSource(withLastId(url), { withCredentials: true }));
     };
   }
 
@@ -422,7 +438,7 @@
   function openStream() {
     const url = $("room").dataset.events;
     if (stream) stream.close();
-    stream = new EventSource(withLastId(url));
+    stream = dropDeletedRows(new EventSource(withLastId(url)));
     stream.addEventListener("message", (event) => {
       htmx.swap($("chat"), event.data, { swapStyle: "beforeend" });
     });

@@ -11,6 +11,7 @@ import secrets
 from flask import Flask
 
 from . import (
+    admin,
     admission,
     api,
     db,
@@ -19,9 +20,11 @@ from . import (
     health,
     logs,
     metrics,
+    moderation,
     pages,
     realtime,
     rendering,
+    retention,
     security,
     settings,
     sockets,
@@ -62,12 +65,15 @@ def create_app(config=None):
     metrics.init_app(app)
     admission.init_app(app)
     realtime.init_app(app)
+    moderation.init_app(app)
+    retention.init_app(app)
     app.extensions["chat.throttle"] = Throttle(
         app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"], app.config["ROOM_CREATE_LIMIT"]
     )
 
     app.register_blueprint(pages.bp)
     api.init_app(app)
+    admin.init_app(app)
     events.init_app(app)
     app.register_blueprint(health.bp)
     return app

@@ -40,6 +40,10 @@ class Broker:
         """Queue ``payload`` (bytes) for every subscriber; never blocks, never raises."""
         raise NotImplementedError
 
+    def publish_now(self, channel, payload):
+        """Publish synchronously, for a process that runs no loops (a ``flask`` command)."""
+        raise NotImplementedError
+
     def healthy(self):
         """True when events published now would reach the other processes."""
         raise NotImplementedError
@@ -61,6 +65,9 @@ class InProcessBroker(Broker):
     def publish(self, channel, payload):
         for on_event in list(self._subscribers):
             on_event(payload)
+
+    def publish_now(self, channel, payload):
+        self.publish(channel, payload)  # reaches this process only
 
     def healthy(self):
         return True
@@ -124,6 +131,9 @@ class RedisBroker(Broker):
                 log.warning("publish queue full: dropped the oldest copies",
                             extra={"event": "broker_queue_full", "dropped": self._dropped})
                 self._dropped, self._drop_logged_at = 0, now
+
+    def publish_now(self, channel, payload):
+        self._client.publish(self.channel(channel), payload)
 
     def healthy(self):
         try:

@@ -61,6 +61,12 @@ def resume_point(text, name="last_id"):
     return whole_number(text, name) if text else None
 
 
+class Refused(BadInput):
+    """Sending is not allowed here (a locked room, a blocked address): see ``moderation``."""
+
+    status = 403
+
+
 def _text(value, field):
     if not isinstance(value, str):
         raise BadInput(f"{field} must be text")
@@ -141,7 +147,7 @@ class Sender:
 def send(room, handle, text, sender):
     """Validate, store and publish one message; return the stored Message.
 
-    Raises RateLimited or BadInput (nothing stored), or db.StorageUnavailable.
+    Raises RateLimited, Refused or BadInput (nothing stored), or db.StorageUnavailable.
     """
     config = current_app.config
     throttle = current_app.extensions["chat.throttle"]
@@ -156,6 +162,7 @@ def send(room, handle, text, sender):
         metrics.REFUSED.labels("bad_input").inc()
         raise
     with db.connection():
+        current_app.extensions["chat.moderation"].check(room.id, sender.address)
         message, previous = Message.store(room.id, handle, text, db.write_transaction)
     metrics.MESSAGES_STORED.inc()
     current_app.extensions["chat.realtime"].publish_message(room.label, message, previous)
@@ -169,7 +176,9 @@ def rename(room, name, sender):
         metrics.REFUSED.labels("rate_limited").inc()
         raise RateLimited("slow down: too many changes")
     name = clean_room_name(name, config["ROOM_NAME_MAX"])
-    db.write_transaction(lambda: Room.update(name=name).where(Room.id == room.id).execute())
+    with db.connection():
+        current_app.extensions["chat.moderation"].check(room.id, sender.address)  # read-only, blocked
+        db.write_transaction(lambda: Room.update(name=name).where(Room.id == room.id).execute())
     room.name = name
     current_app.extensions["chat.realtime"].broadcast(room.label, "room", {"name": name})
     return name

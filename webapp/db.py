@@ -18,7 +18,7 @@ from peewee import DatabaseError, InterfaceError, OperationalError, PostgresqlDa
 from playhouse import db_url
 from playhouse.pool import MaxConnectionsExceeded
 
-from .models import MODELS, POSTGRES_FUNCTIONS, database
+from .models import database
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,12 @@ def ping():
 
 
 def create_schema():
-    """Create the tables and indexes that do not exist yet (safe to run every start)."""
+    """Bring the schema up to date (see ``webapp.migrations``; safe to run every start,
+    and from two release steps at once). Returns the migrations applied now."""
+    from .migrations import migrate
+
     with connection():
-        database.create_tables(MODELS, safe=True)
-        if is_postgres():
-            database.execute_sql(POSTGRES_FUNCTIONS)
+        return migrate()
 
 
 def without_request_connection(view):
@@ -175,8 +176,10 @@ def _close_for_request(exc):
 @click.command("init-db")
 @with_appcontext
 def init_db_command():
-    """Create the database schema (idempotent; run by the Procfile's release step)."""
-    create_schema()
+    """Create or upgrade the database schema (idempotent; the Procfile's release step)."""
+    applied = create_schema()
+    for name in applied:
+        click.echo(f"applied migration {name}")
     click.echo(f"schema ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
 
 OPTIONAL_KINDS = frozenset({"room"})  # renames, for the embed: ?events=room
+ALWAYS_KINDS = frozenset({"delete", "clear"})  # an operator deleted messages
 
 
 class EventStream(Transport):
@@ -126,7 +127,7 @@ def stream(label):
         abort(503, description="The server is restarting.")
     room = chat.RoomRef.of(room)
     after = _resume_from()
-    listener = StreamListener(OPTIONAL_KINDS & set(request.args.get("events", "").split(",")))
+    listener = StreamListener(ALWAYS_KINDS | (OPTIONAL_KINDS & set(request.args.get("events", "").split(","))))
     realtime.join(listener, room, after)
     try:
         listener.stream = stream = EventStream(

@@ -21,6 +21,9 @@ import logging
 log = logging.getLogger(__name__)
 
 PENDING_MAX = 1000
+# Events outside the message order that a replaying listener must not miss: held with
+# its live messages and written after its replay (deleting a row it lacks is harmless).
+HELD_KINDS = frozenset({"delete", "clear"})
 
 
 class Listener:
@@ -102,9 +105,9 @@ class Hub:
         arrived meanwhile and was not part of it, then deliver as usual."""
         held, listener.held = listener.held, None
         for message_id, kind, payload in held or ():
-            if message_id > listener.sent_id:
+            if message_id is None or message_id > listener.sent_id:  # None: a deletion, always sent
                 listener.write(self._encode(listener.fmt, kind, payload))
-                listener.sent_id = message_id
+                listener.sent_id = max(listener.sent_id, message_id or 0)
 
     def leave(self, listener):
         channel = listener.channel
@@ -135,12 +138,15 @@ class Hub:
         self._deliver(channel, message_id, "message", payload)
         self._deliver_pending(channel)
 
-    def catch_up(self, channel, rows):
+    def catch_up(self, channel, rows, stored=0):
         """Messages read from the database (``(id, payload)``, oldest first, all the room
-        has after ``channel.last_id``): deliver them, then whatever they unblock."""
+        has after ``channel.last_id``): deliver them, then whatever they unblock.
+        ``stored``, an id known to be committed before the read, moves the channel past
+        ids up to it that the read did not find: they were deleted, not missed."""
         for message_id, payload in rows:
             if message_id > channel.last_id:
                 self._deliver(channel, message_id, "message", payload)
+        channel.last_id = max(channel.last_id, stored)
         for message_id in [i for i in channel.pending if i <= channel.last_id]:
             del channel.pending[message_id]
         self._deliver_pending(channel)
@@ -197,7 +203,11 @@ class Hub:
             return
         forms = {}
         for listener in channel.listeners:
-            if kind not in listener.kinds or listener.held is not None or listener is exclude:
+            if kind not in listener.kinds or listener is exclude:
+                continue
+            if listener.held is not None:
+                if kind in HELD_KINDS:
+                    listener.held.append((None, kind, payload))
                 continue
             data = forms.get(listener.fmt)
             if data is None:

@@ -9,8 +9,10 @@ import functools
 from datetime import datetime, timezone
 
 from peewee import (
+    SQL,
     BigAutoField,
     BigIntegerField,
+    BooleanField,
     CharField,
     DatabaseProxy,
     DateTimeField,
@@ -48,6 +50,8 @@ class Room(BaseModel):
     # same transaction as the insert (the room row is also the per-room insert lock).
     last_message_id = BigIntegerField(default=0)
     message_count = IntegerField(default=0)
+    # Read-only: sends are refused (see webapp.moderation).
+    locked = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
     @classmethod
     def by_label(cls, label):
@@ -137,6 +141,25 @@ class Message(BaseModel):
         db.execute_sql(update, (now, message_id, 1, room_id))
         return cls(id=message_id, room=room_id, handle=handle, message=text, timestamp=now), previous
 
+    @classmethod
+    def remove(cls, room_id, message_ids):
+        """Delete these messages of the room for good; return how many there were.
+
+        The room keeps its ``last_message_id``: the next message still names the newest
+        id ever stored as its previous one, so no worker waits for a deleted id.
+        """
+        removed = cls.delete().where(cls.room == room_id, cls.id.in_(list(message_ids))).execute()
+        if removed:
+            Room.update(message_count=Room.message_count - removed).where(Room.id == room_id).execute()
+        return removed
+
+    @classmethod
+    def clear(cls, room_id):
+        """Delete every message of the room; return how many there were."""
+        removed = cls.delete().where(cls.room == room_id).execute()
+        Room.update(message_count=0).where(Room.id == room_id).execute()
+        return removed
+
     def as_dict(self, label):
         return {
             "id": self.id,
@@ -147,7 +170,33 @@ class Message(BaseModel):
         }
 
 
-MODELS = (Room, Message)
+class BlockedAddress(BaseModel):
+    """A client address that may not send (kept here so every server sees it)."""
+
+    address = CharField(max_length=64, primary_key=True)
+    created = DateTimeField(default=utcnow)
+
+
+class MaintenanceLock(BaseModel):
+    """A lease on a background job, so one process at a time runs it across servers."""
+
+    name = CharField(max_length=50, primary_key=True)
+    holder = CharField(max_length=100, default="")
+    expires = DateTimeField(default=utcnow)
+
+
+class SchemaMigration(BaseModel):
+    """One applied migration (see ``webapp.migrations``)."""
+
+    version = IntegerField(primary_key=True)
+    name = CharField(max_length=100)
+    applied = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "schema_migration"
+
+
+MODELS = (Room, Message, BlockedAddress, MaintenanceLock, SchemaMigration)
 
 # Created with the schema on PostgreSQL (idempotent). The room row is locked before the
 # insert takes its id from the sequence, so ids commit in order within a room.

@@ -101,6 +101,12 @@ class Realtime:
         self.hub.broadcast(label, kind, data, exclude)
         self._publish(label, {"kind": kind, "room": label, "data": data})
 
+    def broadcast_now(self, label, kind, data):
+        """The same, from a process that serves no one (a ``flask`` command): published
+        to every worker and server before returning."""
+        event = {"kind": kind, "room": label, "data": data}
+        self.broker.publish_now(label, b"command " + json.dumps(event).encode())
+
     def _announce_presence(self, label):
         self._publish(label, {"kind": "presence_changed", "room": label, "data": None})
 
@@ -190,6 +196,7 @@ class Realtime:
                 return
             if not channel.pending and channel.known_latest <= channel.last_id:
                 return
+            stored = channel.known_latest  # every id up to it is read below, or was deleted
             rows, recent = self._missed(channel.room_id, channel.last_id)
             if recent is not None:
                 log.warning("more missed than replay sends; listeners reset",
@@ -199,7 +206,7 @@ class Realtime:
             else:
                 log.debug("room %s: caught up %d message(s) after %d", channel.label, len(rows), channel.last_id)
                 metrics.CATCH_UPS.inc()
-                self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
+                self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows], stored)
             channel.known_latest = max(channel.known_latest, channel.last_id)
         except db.StorageUnavailable as exc:
             log.warning("catch-up failed; the sweep will retry",

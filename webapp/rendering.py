@@ -120,6 +120,18 @@ class WireForms:
     def _json_room(self, room):
         return text_frame(to_json({"name": room["name"]}))
 
+    def _json_delete(self, deleted):
+        return text_frame(to_json({"deleted": deleted["id"]}))
+
+    def _json_clear(self, cleared):
+        return text_frame(to_json({"cleared": cleared["through"]}))
+
+    def _html_delete(self, deleted):
+        return text_frame(f'<div id="message-{int(deleted["id"])}" hx-swap-oob="delete"></div>')
+
+    def _html_clear(self, cleared):
+        return text_frame('<ol id="chat" hx-swap-oob="innerHTML"></ol>')
+
     def _html_presence(self, handles):
         return text_frame(self._render("_presence.html", here=handles, oob=True))
 
@@ -137,6 +149,12 @@ class WireForms:
     def _sse_reset(self, reset):
         data = to_json({"reset": True, "latest": reset["latest"]})
         return f"id: {reset['latest']}\nevent: reset\ndata: {data}\n\n".encode()
+
+    def _sse_delete(self, deleted):
+        return f"event: delete\ndata: {int(deleted['id'])}\n\n".encode()
+
+    def _sse_clear(self, cleared):
+        return f"event: clear\ndata: {int(cleared['through'])}\n\n".encode()
 
     def _sse_presence(self, handles):
         return f"event: presence\ndata: {to_json(handles)}\n\n".encode()

@@ -93,7 +93,16 @@ def defaults(instance_path):
         # The kernel's send buffer per socket or stream (fixed: Linux would otherwise
         # autotune it up to megabytes for a client that stopped reading).
         "SOCKET_SEND_BUFFER": 256 * 1024,
+        # Operators (see webapp.admin, webapp.moderation, webapp.retention).
+        "ADMIN_TOKEN": None,
+        "ADMIN_RATE_LIMIT": Rate(60, 60),
+        "MODERATION_REFRESH": 2.0,
+        "MESSAGE_RETENTION_DAYS": None,
+        "RETENTION_INTERVAL": 600.0,
+        "RETENTION_BATCH": 1000,
     }
+
+ADMIN_TOKEN_MIN = 16
 
 
 # name -> parser for values that come from the environment as text.
@@ -110,12 +119,12 @@ def _int(name, minimum=0):
     return parse
 
 
-def _float(name):
+def _float(name, unit="seconds"):
     def parse(text):
         try:
             value = float(text)
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+            raise ConfigError(f"{name} must be a number of {unit}, not {text!r}") from None
         if value <= 0:
             raise ConfigError(f"{name} must be positive, not {value}")
         return value
@@ -194,6 +203,12 @@ PARSERS = {
     "SEND_BACKLOG_MAX_BYTES": _int("SEND_BACKLOG_MAX_BYTES", 1024),
     "SEND_BACKLOG_MAX_SECONDS": _float("SEND_BACKLOG_MAX_SECONDS"),
     "SOCKET_SEND_BUFFER": _int("SOCKET_SEND_BUFFER", 4096),
+    "ADMIN_TOKEN": lambda text: text or None,
+    "ADMIN_RATE_LIMIT": lambda text: Rate.parse(text, "ADMIN_RATE_LIMIT"),
+    "MODERATION_REFRESH": _float("MODERATION_REFRESH"),
+    "MESSAGE_RETENTION_DAYS": _float("MESSAGE_RETENTION_DAYS", "days"),
+    "RETENTION_INTERVAL": _float("RETENTION_INTERVAL"),
+    "RETENTION_BATCH": _int("RETENTION_BATCH", 1),
 }
 
 
@@ -202,20 +217,27 @@ def from_environ(environ):
     settings = {}
     for name, parse in PARSERS.items():
         text = environ.get(name)
-        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY", "METRICS_TOKEN")):
+        if text is not None and (text.strip() or name in ("REDIS_URL", "SECRET_KEY", "METRICS_TOKEN", "ADMIN_TOKEN")):
             settings[name] = parse(text)
     return settings
 
 
 def check(config):
     """Refuse combinations that cannot work, with a message an operator can act on."""
-    for name in ("RATE_LIMIT", "ROOM_CREATE_LIMIT"):
+    for name in ("RATE_LIMIT", "ROOM_CREATE_LIMIT", "ADMIN_RATE_LIMIT"):
         if not isinstance(config[name], Rate):
             config[name] = Rate.parse(config[name], name)
     if isinstance(config["TRUSTED_PROXIES"], str):
         config["TRUSTED_PROXIES"] = proxy_networks(config["TRUSTED_PROXIES"])
     if isinstance(config["ALLOWED_ORIGINS"], str):
         config["ALLOWED_ORIGINS"] = _origins(config["ALLOWED_ORIGINS"])
+    token = config.get("ADMIN_TOKEN")
+    if token is not None and len(token) < ADMIN_TOKEN_MIN:
+        raise ConfigError(
+            f"ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN} characters (it is {len(token)}): "
+            "a short token can be guessed. Use a long random one (e.g. `openssl rand -hex 32`), "
+            "or unset it to turn the admin API off."
+        )
     if int(config["WEB_CONCURRENCY"]) > 1 and not config["REDIS_URL"]:
         raise ConfigError(
             f"WEB_CONCURRENCY={config['WEB_CONCURRENCY']} needs REDIS_URL: the in-process "

@@ -7,9 +7,10 @@ deliveries come from the hub (see ``realtime``).
 
 Beyond messages, the htmx socket always gets who is here (``presence``), who is typing
 and renames of the room; its frames may carry ``"action": "typing"`` or ``"handle"``.
-A JSON client gets those only when it asks (``?events=presence,typing,room``), so the
-seed's client, which shows every frame as a message, keeps working; it is listed as
-here when it says who it is (``?handle=``).
+A JSON client gets those only when it asks (``?events=presence,typing,room``, and
+``deletes`` for ``{"deleted": id}`` when an operator deletes a message), so the seed's
+client, which shows every frame as a message, keeps working; it is listed as here when
+it says who it is (``?handle=``).
 """
 
 import json
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sockets", __name__)
 
 EXTRA_KINDS = frozenset({"presence", "typing", "room"})
+# Deletions by an operator (one message, or a room cleared): ``?events=deletes``.
+DELETE_KINDS = frozenset({"delete", "clear"})
 
 
 class SocketListener(Listener):
@@ -119,9 +122,10 @@ def _join_before_handshake():
     else:
         fmt = current_app.view_functions[request.endpoint].socket_format
         if fmt == "html":
-            kinds, handle = EXTRA_KINDS, session.get("handle")
+            kinds, handle = EXTRA_KINDS | DELETE_KINDS, session.get("handle")
         else:
-            kinds = EXTRA_KINDS & {kind.strip() for kind in request.args.get("events", "").split(",")}
+            asked = {kind.strip() for kind in request.args.get("events", "").split(",")}
+            kinds = (EXTRA_KINDS & asked) | (DELETE_KINDS if "deletes" in asked else frozenset())
             handle = request.args.get("handle")
         g.socket_room = room = chat.RoomRef.of(room)
         g.socket_handle = _valid_handle(handle)
