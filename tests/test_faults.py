@@ -60,7 +60,7 @@ def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
     assert time.monotonic() - started < 5
     assert health(server) == (200, {"status": "ok", "db": "ok", "broker": "ok"})
     chat_for(crowd, 5, "after")
-    assert_nothing_lost(crowd, stored_messages(server.url, "outage"))
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "outage"))
 
 
 def test_redis_dropping_subscribers_loses_nothing(live, own_redis):
@@ -75,7 +75,7 @@ def test_redis_dropping_subscribers_loses_nothing(live, own_redis):
     wait_for(lambda: server.metric("chat_broker_reconnects_total") >= reconnects + 2, timeout=5,
              message="re-subscription")
     chat_for(crowd, 3, "after")
-    assert_nothing_lost(crowd, stored_messages(server.url, "dropped"))
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "dropped"))
 
 
 # -- workers and restarts -------------------------------------------------------------------
@@ -104,7 +104,7 @@ def test_a_killed_worker_loses_nothing(live, redis_server):
     wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
              message="gunicorn to replace the worker")
     chat_for(crowd, 5, "after")
-    assert_nothing_lost(crowd, stored_messages(server.url, "killed"))
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "killed"))
     assert all(person.closes == [1006] for person in holders[victim]), "the killed worker's clients reconnect"
     assert all(not person.closes for person in holders[survivor]), "the other worker's clients notice nothing"
 
@@ -123,7 +123,7 @@ def test_a_restart_drains_with_1012_and_clients_resume(live, redis_server, tmp_p
         other.post_json("restart", "api", f"while it was down {n}")
     live("first-again", database_url=database, port=first.port, REDIS_URL=redis_server.url)
     chat_for(crowd, 3, "after")
-    assert_nothing_lost(crowd, stored_messages(other.url, "restart"))
+    assert_nothing_lost(crowd, lambda: stored_messages(other.url, "restart"))
     assert all(1012 in person.closes for person in crowd)
 
 
@@ -137,7 +137,7 @@ def test_a_graceful_reload_moves_clients_to_new_workers(live, redis_server):
     wait_for(lambda: not old_workers & set(server.worker_pids()) and len(server.worker_pids()) == 2,
              timeout=20, message="the new workers")
     chat_for(crowd, 3, "after")
-    assert_nothing_lost(crowd, stored_messages(server.url, "reload"))
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "reload"))
     assert all(person.closes == [1012] for person in crowd), [person.closes for person in crowd]
 
 
@@ -145,8 +145,8 @@ def test_a_graceful_reload_moves_clients_to_new_workers(live, redis_server):
 
 
 def test_postgres_unreachable_then_back(live, redis_server, postgres):
-    proxy = TCPProxy(("127.0.0.1", 5432), free_port()).start()
-    database = postgres.url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    proxy = TCPProxy((postgres.host, postgres.port), free_port()).start()
+    database = postgres.url.replace(f"{postgres.host}:{postgres.port}", f"127.0.0.1:{proxy.port}")
     server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url, database_url=database)
     server.open_room("pgdown")
     crowd = people(server, "pgdown", 4)
@@ -262,7 +262,7 @@ def test_a_client_that_stops_reading_never_slows_the_others(live):
     wait_for(lambda: server.metric("chat_dropped_clients_total", reason="slow") == 1, timeout=15,
              message="the stuck client to be dropped")
     assert _rss(worker) - rss_before < 40 * 1024 * 1024, "the worker's memory stays bounded"
-    assert_nothing_lost(readers, stored_messages(server.url, "slow"))
+    assert_nothing_lost(readers, lambda: stored_messages(server.url, "slow"))
     stuck.sock.close()
 
 
