@@ -12,7 +12,9 @@ import gevent
 import psycopg2
 import pytest
 
-from .chaos import Participant, TCPProxy, assert_nothing_lost, stored_messages
+from webapp.realtime import SWEEP_INTERVAL
+
+from .chaos import Participant, TCPProxy, answered, assert_nothing_lost, stored_messages
 from .support import free_port, wait_for
 from .wsclient import Closed, WSClient
 
@@ -21,6 +23,22 @@ pytestmark = pytest.mark.live
 
 def people(server, label, count):
     return [Participant(lambda: server.ws_url(f"/chat/{label}/"), label, f"p{i}").start() for i in range(count)]
+
+
+def people_on_both_workers(server, label, at_least=8):
+    """At least ``at_least`` participants, two or more held by each of the server's two
+    workers; returns (participants, {worker pid: its participants})."""
+    crowd, holders = [], {}
+    while len(crowd) < 40 and (len(crowd) < at_least or len(holders) < 2
+                               or min(map(len, holders.values())) < 2):
+        person = Participant(lambda: server.ws_url(f"/chat/{label}/"), label, f"p{len(crowd)}").start()
+        crowd.append(person)
+        port = person.client.sock.getsockname()[1]
+        pid = wait_for(lambda port=port: server.worker_holding(port), message="its worker")
+        holders.setdefault(pid, []).append(person)
+        gevent.sleep(0.02)
+    assert len(holders) == 2, "clients on both workers"
+    return crowd, holders
 
 
 def chat_for(participants, rounds, tag, pause=0.02):
@@ -39,9 +57,13 @@ def health(server):
 
 
 def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
+    """Guarantee "Redis dies mid-chat": while Redis is down, people on other workers get
+    each message within the sweep interval (the database sweep, the only path left);
+    every message sent is stored once and delivered, or refused; re-subscribed within
+    5 s of Redis returning."""
     server = live(WEB_CONCURRENCY=2, REDIS_URL=own_redis.url, BROKER_BACKOFF_MAX="0.5")
     server.open_room("outage")
-    crowd = people(server, "outage", 8)
+    crowd, holders = people_on_both_workers(server, "outage")
     chat_for(crowd, 5, "before")
     own_redis.kill()
     wait_for(lambda: health(server) == (503, {"status": "degraded", "db": "ok", "broker": "error"}),
@@ -49,9 +71,17 @@ def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
     # pages and the API keep serving; sending still stores, and senders see their message
     assert server.get("/outage/").status_code == 200
     assert server.post_json("outage", "api", "posted while Redis is down").status_code == 201
-    chat_for(crowd, 5, "during")
-    for person in crowd:
+    # only one worker's clients send: the other worker hears of nothing but by its sweep
+    senders, listeners = holders.values()
+    chat_for(senders, 5, "during")
+    sent = time.monotonic()
+    for person in senders:
         wait_for(lambda person=person: f"during 4 from {person.name}" in person.acknowledged(), message="own echo")
+    during = {f"during {n} from {p.name}" for n in range(5) for p in senders}
+    wait_for(lambda: all(during <= {m["message"] for m in p.messages.values()} for p in listeners),
+             timeout=2 * SWEEP_INTERVAL + 5, message="the sweep to deliver to the other worker")
+    assert time.monotonic() - sent < 2 * SWEEP_INTERVAL + 5
+    assert own_redis.process.poll() is not None, "Redis was down all along"
     reconnects = server.metric("chat_broker_reconnects_total")
     own_redis.start()  # same port
     started = time.monotonic()
@@ -84,17 +114,7 @@ def test_redis_dropping_subscribers_loses_nothing(live, own_redis):
 def test_a_killed_worker_loses_nothing(live, redis_server):
     server = live(WEB_CONCURRENCY=2, REDIS_URL=redis_server.url)
     server.open_room("killed")
-    crowd, holders = [], {}
-    while len(crowd) < 40 and (len(crowd) < 8 or min(map(len, holders.values()), default=0) < 2
-                               or len(holders) < 2):
-        person = people(server, "killed", 1)[0]
-        person.name = f"p{len(crowd)}"
-        crowd.append(person)
-        port = person.client.sock.getsockname()[1]
-        pid = wait_for(lambda port=port: server.worker_holding(port), message="its worker")
-        holders.setdefault(pid, []).append(person)
-        gevent.sleep(0.02)
-    assert len(holders) == 2, "clients on both workers"
+    crowd, holders = people_on_both_workers(server, "killed")
     victim, survivor = holders
     chat_for(crowd, 5, "before")
     pump = gevent.spawn(chat_for, crowd, 20, "around the kill")
@@ -219,6 +239,35 @@ def test_sqlite_locked_too_long_is_a_clear_error_then_recovers(live, tmp_path):
     assert_nothing_lost(crowd, stored)
 
 
+def test_every_pooled_connection_busy_on_a_live_socket_is_an_error_and_the_socket_stays_open(live, postgres):
+    """Guarantee "overload": a worker whose only pooled connection waits on a lock held
+    outside answers the next message with an error frame after DATABASE_WRITE_TIMEOUT;
+    the socket stays open, and the waiting message is stored once the lock goes."""
+    server = live(database_url=postgres.url, DATABASE_POOL_SIZE="1", DATABASE_WRITE_TIMEOUT="1")
+    server.open_room("overload")
+    first, second = people(server, "overload", 2)
+    chat_for([first, second], 1, "before")
+    wait_for(lambda: all(answered(p) for p in (first, second)), message="the first messages")
+    holder = psycopg2.connect(postgres.url)
+    try:
+        with holder.cursor() as cur:  # another program holding the room's insert lock
+            cur.execute("SELECT id FROM room WHERE label = 'overload' FOR UPDATE")
+        first.send("waits for the lock")  # takes the worker's one connection, and waits
+        gevent.sleep(0.3)
+        second.send("finds no connection")
+        wait_for(lambda: second.errors, timeout=10, message="an error frame")
+        assert second.errors == ["not stored: the database is unavailable; try again"]
+    finally:
+        holder.rollback()
+        holder.close()
+    wait_for(lambda: "waits for the lock" in first.acknowledged(), message="the waiting message")
+    second.send("after the lock")  # the same socket, still open
+    wait_for(lambda: "after the lock" in second.acknowledged(), message="the same socket to work")
+    assert not second.closes and not first.closes
+    assert_nothing_lost([first, second], lambda: stored_messages(server.url, "overload"))
+    assert "finds no connection" not in [m["message"] for m in stored_messages(server.url, "overload")]
+
+
 # -- slow clients ---------------------------------------------------------------------------
 
 
@@ -248,7 +297,19 @@ def _timed_burst(sender, readers, tag, count, size):
     return _p99([value for values in arrival.values() for value in values])
 
 
+def _closed_with(client, timeout=10):
+    """Read whatever is still buffered for ``client`` until it closes; return the code."""
+    deadline = time.monotonic() + timeout
+    with pytest.raises(Closed) as closed:
+        while time.monotonic() < deadline:
+            client.recv(timeout=max(0.1, deadline - time.monotonic()))
+    return closed.value.code
+
+
 def test_a_client_that_stops_reading_never_slows_the_others(live):
+    """Guarantee "a client stops reading" (the byte limit): the others' p99 stays within
+    2x the run without it (or 50 ms), the stuck socket is closed with 1013, memory stays
+    bounded, nothing is lost for the others."""
     server = live(SEND_BACKLOG_MAX_BYTES="262144", MAX_CONNECTIONS_PER_ADDRESS=0, RATE_LIMIT="0")
     server.open_room("slow")
     readers = people(server, "slow", 10)
@@ -256,14 +317,36 @@ def test_a_client_that_stops_reading_never_slows_the_others(live):
     worker = server.worker_pids()[0]
     rss_before = _rss(worker)
     baseline = _timed_burst(sender, readers, "calm", 200, 1000)
-    stuck = WSClient(server.ws_url("/chat/slow/"), receive_buffer=4096)  # never reads from here on
-    with_slow = _timed_burst(sender, readers, "busy", 1000, 1000)
-    assert with_slow <= max(2 * baseline, 0.05), f"p99 {with_slow:.4f}s with a stuck client, {baseline:.4f}s without"
+    stuck = WSClient(server.ws_url("/chat/slow/"), receive_buffer=4096)  # stops reading here
+    burst = gevent.spawn(_timed_burst, sender, readers, "busy", 1000, 1000)
     wait_for(lambda: server.metric("chat_dropped_clients_total", reason="slow") == 1, timeout=15,
              message="the stuck client to be dropped")
+    # it reads again at once (within the close grace): behind its old frames, a 1013
+    assert _closed_with(stuck) == 1013, "the stuck client is told to come back later"
+    with_slow = burst.get()
+    assert with_slow <= max(2 * baseline, 0.05), f"p99 {with_slow:.4f}s with a stuck client, {baseline:.4f}s without"
     assert _rss(worker) - rss_before < 40 * 1024 * 1024, "the worker's memory stays bounded"
     assert_nothing_lost(readers, lambda: stored_messages(server.url, "slow"))
-    stuck.sock.close()
+
+
+def test_a_backlog_that_waits_too_long_is_dropped_with_1013(live):
+    """Guarantee "a client stops reading" (the time limit): a backlog far below the byte
+    limit that nobody reads for SEND_BACKLOG_MAX_SECONDS is dropped with 1013."""
+    server = live(SEND_BACKLOG_MAX_BYTES=str(64 * 1024 * 1024), SEND_BACKLOG_MAX_SECONDS="1",
+                  SOCKET_SEND_BUFFER="4096", RATE_LIMIT="0")
+    server.open_room("stale")
+    stuck = WSClient(server.ws_url("/chat/stale/"), receive_buffer=4096)  # never reads
+    sender = server.socket("stale")
+    for n in range(60):  # ~110 kB: more than both kernel buffers, far below the byte limit
+        sender.send("a", f"{n} " + "x" * 1800)
+        assert "id" in sender.recv()
+    filled = time.monotonic()
+    wait_for(lambda: server.metric("chat_dropped_clients_total", reason="slow") == 1, timeout=10,
+             message="the stale backlog to be dropped")
+    assert time.monotonic() - filled >= 0.5, "dropped for its age, not its size"
+    assert _closed_with(stuck) == 1013
+    sender.send("a", "the sender is fine")
+    assert sender.recv()["message"] == "the sender is fine"
 
 
 def _rss(pid):
