@@ -308,7 +308,7 @@ def _closed_with(client, timeout=10):
 
 def test_a_client_that_stops_reading_never_slows_the_others(live):
     """Guarantee "a client stops reading" (the byte limit): the others' p99 stays within
-    2x the run without it (or 50 ms), the stuck socket is closed with 1013, memory stays
+    2x the run without it (plus 50 ms of noise), the stuck socket is closed with 1013, memory stays
     bounded, nothing is lost for the others."""
     server = live(SEND_BACKLOG_MAX_BYTES="262144", MAX_CONNECTIONS_PER_ADDRESS=0, RATE_LIMIT="0")
     server.open_room("slow")
@@ -324,7 +324,8 @@ def test_a_client_that_stops_reading_never_slows_the_others(live):
     # it reads again at once (within the close grace): behind its old frames, a 1013
     assert _closed_with(stuck) == 1013, "the stuck client is told to come back later"
     with_slow = burst.get()
-    assert with_slow <= max(2 * baseline, 0.05), f"p99 {with_slow:.4f}s with a stuck client, {baseline:.4f}s without"
+    # a worker that waited on the stuck socket would add seconds; 50 ms is the machine's noise
+    assert with_slow <= 2 * baseline + 0.05, f"p99 {with_slow:.4f}s with a stuck client, {baseline:.4f}s without"
     assert _rss(worker) - rss_before < 40 * 1024 * 1024, "the worker's memory stays bounded"
     assert_nothing_lost(readers, lambda: stored_messages(server.url, "slow"))
 
