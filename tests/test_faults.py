@@ -11,10 +11,12 @@ import time
 import gevent
 import psycopg2
 import pytest
+import requests
 
 from webapp.realtime import SWEEP_INTERVAL
 
 from .chaos import Participant, TCPProxy, answered, assert_nothing_lost, stored_messages
+from .html import csrf_token
 from .support import free_port, wait_for
 from .wsclient import Closed, WSClient
 
@@ -172,25 +174,31 @@ def test_postgres_unreachable_then_back(live, redis_server, postgres):
     crowd = people(server, "pgdown", 4)
     chat_for(crowd, 3, "before")
     workers = set(server.worker_pids())
+    browser = requests.Session()
+    token = csrf_token(browser.get(server.url + "/pgdown/").text)
     proxy.cut()
     crowd[0].send("while the database is away")
     wait_for(lambda: crowd[0].errors, message="an error frame")
     assert crowd[0].errors[-1] == "not stored: the database is unavailable; try again"
     response = server.post_json("pgdown", "api", "also not stored")
     assert response.status_code == 503 and "nothing was stored" in response.json()["error"]
+    assert int(response.headers["Retry-After"]) > 0
+    form = browser.post(server.url + "/pgdown/messages", allow_redirects=False,
+                        data={"csrf_token": token, "handle": "form", "message": "nor this"})
+    assert form.status_code == 503 and int(form.headers["Retry-After"]) > 0
     page = server.get("/pgdown/")
     assert page.status_code == 503 and "not reachable" in page.text and "Traceback" not in page.text
     assert health(server) == (503, {"status": "degraded", "db": "error", "broker": "ok"})
+    assert int(server.get("/healthz").headers["Retry-After"]) > 0
     with pytest.raises(Closed) as closed:
         WSClient(server.ws_url("/chat/pgdown/")).recv()
     assert closed.value.code == 1011  # try again later
     proxy.restore()
     wait_for(lambda: health(server)[0] == 200, message="the database to be back")
     chat_for(crowd, 3, "after")
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "pgdown"))
     stored = stored_messages(server.url, "pgdown")
-    assert "while the database is away" not in [m["message"] for m in stored]
-    assert "also not stored" not in [m["message"] for m in stored]
-    assert_nothing_lost(crowd, stored)
+    assert {"while the database is away", "also not stored", "nor this"}.isdisjoint(m["message"] for m in stored)
     assert set(server.worker_pids()) == workers, "the workers survived"
 
 
@@ -234,9 +242,8 @@ def test_sqlite_locked_too_long_is_a_clear_error_then_recovers(live, tmp_path):
         holder.execute("ROLLBACK")
         holder.close()
     chat_for(crowd, 2, "after")
-    stored = stored_messages(server.url, "locked")
-    assert {"blocked", "blocked too"}.isdisjoint(m["message"] for m in stored)
-    assert_nothing_lost(crowd, stored)
+    assert_nothing_lost(crowd, lambda: stored_messages(server.url, "locked"))
+    assert {"blocked", "blocked too"}.isdisjoint(m["message"] for m in stored_messages(server.url, "locked"))
 
 
 def test_every_pooled_connection_busy_on_a_live_socket_is_an_error_and_the_socket_stays_open(live, postgres):
