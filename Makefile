@@ -24,7 +24,9 @@ run: install
 	$(BIN)/flask --app webapp init-db
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Install what the tests need (Python packages, redis-server, Chromium) and run them all.
+## Install what the tests need (Python packages; redis-server, PostgreSQL and Chromium from
+## Debian's packages) and run them all. Nothing needs to be running: the tests start their
+## own redis-server and PostgreSQL on free ports (never the machine's) and stop them.
 test: install-dev system-deps
 	$(BIN)/python -m pytest
 
