@@ -27,6 +27,8 @@ from contextlib import closing, contextmanager
 
 import psycopg2
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 import requests
 
 from .sseclient import SSEClient
@@ -134,10 +136,14 @@ class RedisServer:
     def _answers(self):
         if self.process.poll() is not None:
             return "exited"  # it could not bind its port
-        try:  # ours answers, not another redis-server that took the port first
-            return self.client().info("server")["process_id"] == self.process.pid
+        probe = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                            retry=Retry(NoBackoff(), 0))
+        try:  # ours answers, not another server that took the port first
+            return probe.info("server")["process_id"] == self.process.pid
         except redis.RedisError:
             return False
+        finally:
+            probe.close()
 
     def kill(self):
         if self.process and self.process.poll() is None:
