@@ -9,6 +9,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import gevent  # noqa: E402
 import pytest  # noqa: E402
 
 from webapp import create_app, db  # noqa: E402
@@ -131,3 +132,26 @@ def _participants_stopped():
     yield
     problems = chaos.stop_all()
     assert not problems, "chat clients saw: " + "; ".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def _greenlet_failures_fail_the_test():
+    """An exception that ends a greenlet is only printed by gevent: one raised by a test's
+    own greenlet (a pump, a chatter), or any failed ``assert`` in a greenlet, fails the
+    test instead."""
+    hub = gevent.get_hub()
+    original = hub.handle_error
+    failures = []
+
+    def handle_error(context, kind, value, traceback):
+        run = getattr(context, "_run", None)
+        if isinstance(context, gevent.Greenlet) and (
+            issubclass(kind, AssertionError) or getattr(run, "__module__", "").startswith("tests")
+        ):
+            failures.append(f"{getattr(run, '__qualname__', context)!s}: {kind.__name__}: {value}")
+        return original(context, kind, value, traceback)
+
+    hub.handle_error = handle_error
+    yield
+    del hub.handle_error
+    assert not failures, "a greenlet failed: " + "; ".join(failures)

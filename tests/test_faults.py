@@ -122,7 +122,7 @@ def test_a_killed_worker_loses_nothing(live, redis_server):
     pump = gevent.spawn(chat_for, crowd, 20, "around the kill")
     gevent.sleep(0.1)
     os.kill(victim, signal.SIGKILL)
-    pump.join()
+    pump.get()  # raises what the pump raised
     wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2,
              message="gunicorn to replace the worker")
     chat_for(crowd, 5, "after")

@@ -80,3 +80,4 @@ def test_a_port_taken_before_the_server_binds_it_is_replaced(tmp_path):
         redis_server.kill()
         for squatter in squatters:
             squatter.close()
+

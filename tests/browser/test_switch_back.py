@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
-import requests
 from playwright.sync_api import expect
 
 from ..support import free_port, wait_for
-from .test_chat_in_browser import rows, say, texts, wait_live
+from .test_chat_in_browser import _answers, rows, say, texts, wait_live
 
 pytestmark = pytest.mark.browser
 
@@ -29,13 +28,6 @@ def blocking_proxy(server, tmp_path):
     yield url, flag
     proxy.kill()
     proxy.wait()
-
-
-def _answers(url):
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_the_page_switches_back_to_the_socket_when_it_works_again(server, blocking_proxy, open_page):
