@@ -29,7 +29,10 @@ run: install
 	$(BIN)/flask --app webapp init-db
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-## Install what the tests need (Python packages, redis-server, Chromium, axe-core) and run them all.
+## Install what the tests need (Python packages; redis-server, PostgreSQL and Chromium from
+## Debian's packages; axe-core from the npm registry) and run them all. Nothing needs to be
+## running: the tests start their own redis-server and PostgreSQL on free ports (never the
+## machine's) and stop them.
 test: install-dev system-deps tests/browser/node_modules/.installed
 	$(BIN)/python -m pytest
 

@@ -20,7 +20,15 @@ import traceback
 
 from . import report, scenarios
 from .scenarios import log
-from .servers import PROJECT, Cluster, RedisServer, Resources, ScratchPostgres, postgres_available
+from .servers import (
+    PROJECT,
+    Cluster,
+    RedisServer,
+    Resources,
+    ScratchPostgres,
+    postgres_address,
+    postgres_available,
+)
 from .stats import clean
 
 SCENARIOS = ("capacity", "fanout", "throughput", "sse", "slow")
@@ -178,7 +186,8 @@ class Lab:
             if self.pg_ok is None:
                 self.pg_ok = postgres_available()
             if not self.pg_ok:
-                raise RuntimeError("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres)")
+                host, port, user = postgres_address()
+                raise RuntimeError(f"PostgreSQL is not reachable at {host}:{port} (user {user})")
             scratch = self.resources.add(ScratchPostgres())
             url = scratch.url
         else:

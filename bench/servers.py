@@ -159,10 +159,10 @@ class ScratchPostgres:
 
     PREFIX = "chatbench_"
 
-    def __init__(self, host="127.0.0.1", port=5432, user="postgres"):
+    def __init__(self, host=None, port=None, user=None):
         import psycopg2
 
-        self.host, self.port, self.user = host, port, user
+        self.host, self.port, self.user = postgres_address(host, port, user)
         self.admin = psycopg2.connect(host=host, port=port, user=user, dbname="postgres", connect_timeout=5)
         self.admin.autocommit = True
         self.name = f"{self.PREFIX}{uuid.uuid4().hex[:12]}"
@@ -193,7 +193,15 @@ class ScratchPostgres:
             self.admin.close()
 
 
-def postgres_available(host="127.0.0.1", port=5432, user="postgres"):
+def postgres_address(host=None, port=None, user=None):
+    """Where the benchmark's PostgreSQL is: the arguments, else libpq's PGHOST, PGPORT and
+    PGUSER, else 127.0.0.1:5432 as postgres."""
+    return (host or os.environ.get("PGHOST", "127.0.0.1"), int(port or os.environ.get("PGPORT", 5432)),
+            user or os.environ.get("PGUSER", "postgres"))
+
+
+def postgres_available(host=None, port=None, user=None):
+    host, port, user = postgres_address(host, port, user)
     try:
         import psycopg2
 

@@ -3,27 +3,46 @@ project's testpaths is tests/). Run it with::
 
     .venv/bin/python -m pytest bench/test_smoke.py -q
 
-It boots its own redis-server and gunicorn servers (and a scratch PostgreSQL database if
-one answers at 127.0.0.1:5432), like ``python -m bench.run --quick`` with smaller numbers,
-and checks the accounting: every expected delivery arrived, exactly once.
+It boots its own redis-server and gunicorn servers, and runs the throughput scenario on
+SQLite and on PostgreSQL: the PostgreSQL that PGHOST/PGPORT/PGUSER name (the test suite
+passes its own), else a private one it starts like the test suite does. A PostgreSQL it
+cannot reach is a failure, never a silent skip. Like ``python -m bench.run --quick`` with
+smaller numbers, it checks the accounting: every expected delivery arrived, exactly once.
 """
 
 import json
+import os
+
+import pytest
 
 from bench import run
-from bench.servers import postgres_available
+from bench.servers import postgres_address, postgres_available
 
 
-def smoke(out_dir, with_postgres=None):
+@pytest.fixture(scope="module", autouse=True)
+def postgres():
+    """PGHOST/PGPORT/PGUSER for bench.run: as given, or a private server started here."""
+    server = None
+    if "PGPORT" not in os.environ:
+        from tests.support import PostgresServer
+
+        server = PostgresServer().start()
+        os.environ.update(PGHOST="127.0.0.1", PGPORT=str(server.port), PGUSER="postgres")
+    assert postgres_available(), "PostgreSQL at {}:{} (user {}) is not reachable".format(*postgres_address())
+    yield
+    if server is not None:
+        for name in ("PGHOST", "PGPORT", "PGUSER"):
+            os.environ.pop(name, None)
+        server.stop()
+
+
+def smoke(out_dir):
     """Run every scenario small; return results.json as a dict (raises if the run fails)."""
-    if with_postgres is None:
-        with_postgres = postgres_available()
-    configs = "sqlite-2x1,pg-1x1" if with_postgres else "sqlite-2x1,sqlite-1x1"
     status = run.main([
         "--quick", "--out", str(out_dir),
         "--capacity-steps", "50,150",
         "--fanout-sizes", "5,40", "--fanout-messages", "2",
-        "--configs", configs, "--shapes", "3x10", "--steps", "300,600", "--step-seconds", "1",
+        "--configs", "sqlite-2x1,pg-1x1", "--shapes", "3x10", "--steps", "300,600", "--step-seconds", "1",
         "--drain-seconds", "2",
         "--slow-members", "8", "--slow-rate", "10", "--slow-seconds", "1",
     ])
@@ -52,6 +71,7 @@ def test_every_scenario_small(tmp_path):
             _exact(size, f"{key} {size['size']}")
     runs = results["throughput"]["runs"]
     assert len(runs) == 2 and all(not r.get("error") for r in runs), runs
+    assert [r["config"] for r in runs] == ["sqlite-2x1", "pg-1x1"], runs
     for r in runs:
         assert r["steps"], r
         _exact(r["steps"][0], f"throughput {r['config']}")

@@ -9,13 +9,15 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import gevent  # noqa: E402
 import pytest  # noqa: E402
 
 from webapp import create_app, db  # noqa: E402
 from webapp.models import MODELS, database  # noqa: E402
 
+from . import chaos  # noqa: E402
 from .html import csrf_token as csrf_token_in  # noqa: E402
-from .support import LiveServer, RedisServer, ScratchPostgres  # noqa: E402
+from .support import LiveServer, RedisServer, ScratchPostgres, shared_postgres, unique_prefix  # noqa: E402
 
 TEST_CONFIG = {
     "SECRET_KEY": "test",
@@ -26,9 +28,18 @@ TEST_CONFIG = {
 
 
 @pytest.fixture(scope="session")
-def postgres():
-    """A scratch PostgreSQL database for the whole run, dropped at the end."""
-    scratch = ScratchPostgres()
+def postgres_server():
+    """The tests' own PostgreSQL server (a fresh cluster on a free port, never the
+    machine's), stopped and deleted at the end of the run."""
+    server = shared_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server):
+    """A scratch PostgreSQL database for the whole run (``.url``), dropped at the end."""
+    scratch = ScratchPostgres(postgres_server)
     yield scratch
     scratch.drop()
 
@@ -96,10 +107,14 @@ def own_redis(tmp_path):
 
 @pytest.fixture
 def live(tmp_path):
-    """Start real gunicorn servers: ``live(**env)``; all are stopped after the test."""
+    """Start real gunicorn servers: ``live(**env)``; all are stopped after the test. The
+    servers of one test share a Redis prefix of their own (a test's presence entries,
+    connection counts and channels never meet another's)."""
     servers = []
+    prefix = unique_prefix()
 
     def start(name="server", database_url=None, port=None, **env):
+        env.setdefault("REDIS_CHANNEL_PREFIX", prefix)
         server = LiveServer(tmp_path, env=env, database_url=database_url, port=port, name=name)
         servers.append(server)
         return server.start()
@@ -107,3 +122,36 @@ def live(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _participants_stopped():
+    """Stop every chat client a test started (no reader reconnects into later tests), and
+    fail the test if one of them saw something it should not have (an assertion in a
+    greenlet cannot fail the test by itself)."""
+    yield
+    problems = chaos.stop_all()
+    assert not problems, "chat clients saw: " + "; ".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def _greenlet_failures_fail_the_test():
+    """An exception that ends a greenlet is only printed by gevent: one raised by a test's
+    own greenlet (a pump, a chatter), or any failed ``assert`` in a greenlet, fails the
+    test instead."""
+    hub = gevent.get_hub()
+    original = hub.handle_error
+    failures = []
+
+    def handle_error(context, kind, value, traceback):
+        run = getattr(context, "_run", None)
+        if isinstance(context, gevent.Greenlet) and (
+            issubclass(kind, AssertionError) or getattr(run, "__module__", "").startswith("tests")
+        ):
+            failures.append(f"{getattr(run, '__qualname__', context)!s}: {kind.__name__}: {value}")
+        return original(context, kind, value, traceback)
+
+    hub.handle_error = handle_error
+    yield
+    del hub.handle_error
+    assert not failures, "a greenlet failed: " + "; ".join(failures)

@@ -3,6 +3,7 @@
 The Redis tests use a redis-server owned by the tests; the fault tests kill and restart
 it, or drop the subscriber the way Redis drops one whose output buffer overflows."""
 
+import time
 import uuid
 
 import gevent
@@ -98,10 +99,10 @@ def test_a_dead_redis_never_blocks_or_breaks_publishing(redis_pair):
     first, second = started(pair)
     server.kill()
     assert not pair[0].healthy()
-    started_at = gevent.get_hub().loop.now()
+    started_at = time.monotonic()  # the real clock (the event loop's is cached between turns)
     for n in range(100):
         pair[0].publish("lobby", b"while down %d" % n)  # returns at once, raises nothing
-    assert gevent.get_hub().loop.now() - started_at < 0.5
+    assert time.monotonic() - started_at < 0.5
     wait_for(lambda: not pair[1].subscribed, message="the subscriber to notice")
 
 

@@ -12,6 +12,8 @@ from webapp.rendering import WireForms
 
 from .conftest import TEST_CONFIG, _fresh_schema
 from .html import csrf_token, rows
+from .support import LiveServer
+from .wsclient import WSClient
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -69,6 +71,40 @@ def test_form_posts_are_stored_or_refused_never_a_500(fuzz_client, handle, messa
             "message": message.encode("utf-8", "surrogatepass")}
     response = fuzz_client.post("/fuzz/messages", data=data)
     assert response.status_code in (303, 400, 422)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory):
+    """One real server for every example (a server per example would take minutes)."""
+    server = LiveServer(tmp_path_factory.mktemp("fuzz-live"), env={"RATE_LIMIT": "0"}).start()
+    server.open_room("fuzz")
+    yield server
+    server.stop()
+
+
+# Text frames as a client may send them (a lone surrogate cannot travel in UTF-8: it
+# arrives as U+FFFD), and binary frames.
+socket_frames = (any_text | bodies.map(json.dumps)).map(
+    lambda text: text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")) | st.binary(max_size=200)
+
+
+@pytest.mark.live
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frame=socket_frames)
+def test_frames_over_a_real_socket_get_one_answer_and_never_close_it(fuzz_server, frame):
+    """Over a real socket: each frame is answered once, with a reason or the stored
+    message as it was sent; the socket stays open (a ping then still gets an echo)."""
+    with WSClient(fuzz_server.ws_url("/chat/fuzz/")) as ws:
+        ws.send(frame)
+        answer = json.loads(ws.recv(timeout=5))
+        if "error" in answer:
+            assert answer["error"] and set(answer) == {"error"}
+        else:
+            sent = json.loads(frame)
+            assert answer["handle"] == sent["handle"].strip() and answer["message"] == sent["message"].replace(
+                "\r\n", "\n")
+        ws.send(json.dumps({"handle": "fuzz", "message": "still open"}))
+        assert json.loads(ws.recv(timeout=5))["message"] == "still open"
 
 
 @FUZZ

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import time
 
 import gevent
 import pytest
@@ -33,9 +34,9 @@ def test_a_thousand_connects_and_disconnects_leave_nothing_behind(live):
             else:
                 client.close()
 
-    started = gevent.get_hub().loop.now()
+    started = time.monotonic()
     gevent.joinall([gevent.spawn(churn, 100) for _ in range(10)])
-    assert gevent.get_hub().loop.now() - started < 10, "1,000 connects and disconnects within 10 s"
+    assert time.monotonic() - started < 10, "1,000 connects and disconnects within 10 s"
     wait_for(lambda: server.metric("chat_open_connections", kind="websocket") == 0, timeout=10,
              message="no hub entries")
     wait_for(lambda: server.metric("chat_serving_greenlets") == 0, timeout=10, message="no greenlets")

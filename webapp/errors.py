@@ -13,6 +13,8 @@ from . import chat, db
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER = "2"  # seconds, on every 503: the fault is expected to pass
+
 
 def _wants_json():
     return request.path.startswith("/api/") or request.path == "/healthz"
@@ -30,7 +32,10 @@ def _answer(status, title, reason):
 def _http_error(exc):
     if isinstance(exc, WebsocketMismatch):  # a plain request to a socket route
         return _answer(400, exc.name, "This is a WebSocket endpoint: connect with a WebSocket client.")
-    return _answer(exc.code, exc.name, exc.description)
+    response = _answer(exc.code, exc.name, exc.description)
+    if exc.code == 503:  # e.g. an event stream asked for while the worker drains
+        response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
 def _bad_input(exc):
@@ -44,7 +49,7 @@ def _storage_unavailable(exc):
     log.error("database unavailable", extra={"event": "database_unavailable", "error": str(exc), "path": request.path})
     reason = "The message store is not reachable right now; nothing was stored. Try again shortly."
     response = _answer(503, ServiceUnavailable.name, reason)
-    response.headers["Retry-After"] = "2"
+    response.headers["Retry-After"] = RETRY_AFTER
     return response
 
 

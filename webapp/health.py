@@ -3,6 +3,7 @@
 from flask import Blueprint, current_app, jsonify
 
 from . import db
+from .errors import RETRY_AFTER
 
 bp = Blueprint("health", __name__)
 
@@ -17,5 +18,7 @@ def healthz():
     healthy = all(value == "ok" for value in checks.values())
     response = jsonify(status="ok" if healthy else "degraded", **checks)
     response.status_code = 200 if healthy else 503
+    if not healthy:
+        response.headers["Retry-After"] = RETRY_AFTER
     response.headers["Cache-Control"] = "no-store"
     return response
