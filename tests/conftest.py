@@ -15,6 +15,7 @@ from webapp import create_app, db  # noqa: E402
 from webapp.models import MODELS, database  # noqa: E402
 
 from .html import csrf_token as csrf_token_in  # noqa: E402
+from .rediscluster import RedisCluster  # noqa: E402
 from .support import LiveServer, RedisServer, ScratchPostgres  # noqa: E402
 
 TEST_CONFIG = {
@@ -107,3 +108,12 @@ def live(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (three masters, three replicas) for the whole run; a test that
+    kills a master starts it again, so the next test finds the cluster whole."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
