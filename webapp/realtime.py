@@ -200,9 +200,10 @@ class Realtime:
             gevent.spawn(self._catch_up, channel)
 
     def _catch_up(self, channel):
-        """Read what ``channel`` misses (after a short wait for stragglers) and deliver it."""
+        """Read what ``channel`` misses (after a short wait for stragglers, longer after
+        each failed read) and deliver it."""
         try:
-            gevent.sleep(GAP_WAIT)
+            gevent.sleep(min(GAP_WAIT * 2**channel.catch_up_failures, SWEEP_INTERVAL))
             if self.hub.channels.get(channel.label) is not channel:
                 return
             if not channel.pending and channel.known_latest <= channel.last_id:
@@ -218,9 +219,12 @@ class Realtime:
                 metrics.CATCH_UPS.inc()
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
             channel.known_latest = max(channel.known_latest, channel.last_id)
+            channel.catch_up_failures = 0
         except db.StorageUnavailable as exc:
-            log.warning("catch-up failed; the sweep will retry",
-                        extra={"event": "catch_up_failed", "room": channel.label, "error": str(exc)})
+            channel.catch_up_failures += 1
+            log.warning("catch-up failed; retrying later", extra={
+                "event": "catch_up_failed", "room": channel.label, "error": str(exc),
+                "failures": channel.catch_up_failures})
         finally:
             channel.catching_up = False
         if channel.pending and self.hub.channels.get(channel.label) is channel:
