@@ -218,3 +218,32 @@ def test_a_dropped_subscriber_reconnects_and_resyncs(redis_pair):
     wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription")
     pair[0].publish("lobby", b"still here")
     wait_for(lambda: b"still here" in second.events, message="delivery after the drop")
+
+
+# -- Redis Cluster: slots that move ------------------------------------------------------
+
+
+def test_a_room_whose_slot_moves_to_another_master_follows_it(redis_cluster):
+    """Bad input: MOVED mid-operation is followed, never an error: a room whose slot moves
+    keeps its events flowing (the old owner gives the channel away; the broker finds the
+    new one and catches up)."""
+    pair = _redis_pair(redis_cluster.url)
+    try:
+        room = f"moving-{uuid.uuid4().hex[:6]}"
+        first, second = started(pair, [room])
+        channel = pair[0].channel(room)
+        pair[0].publish(room, b"before")
+        wait_for(lambda: b"before" in second.events, message="delivery before the move")
+        resyncs = second.resyncs
+        source = redis_cluster.master_for(channel)
+        target = next(node for node in redis_cluster.masters() if node is not source)
+        redis_cluster.move_slot(channel, target)
+        wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription on the new owner")
+        assert redis_cluster.master_for(channel) is target
+        pair[0].publish(room, b"after")  # the publisher's map still names the old owner: MOVED
+        wait_for(lambda: b"after" in second.events and b"after" in first.events, message="delivery after the move")
+        wait_for(lambda: all(broker.healthy() for broker in pair), message="healthy")
+        redis_cluster.move_slot(channel, source)
+    finally:
+        for broker in pair:
+            broker.stop()
