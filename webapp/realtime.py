@@ -2,10 +2,12 @@
 
 * ``publish_message`` (called by ``chat.send`` after the commit) hands the message to
   this worker's hub at once and to the broker for every other worker and server.
-* ``join`` registers a listener with the hub *first* (before the client sees its
-  connection open); ``start_delivery`` then replays what it missed from the database
-  and lets the hub send what arrived meanwhile, skipping ids already sent: no gap, no
-  duplicate.
+* ``subscribe`` makes this worker receive a room's events while a listener of it is
+  here (the broker subscribes per room), confirmed before the room is read from the
+  database; ``join`` then registers the listener with the hub *first* (before the
+  client sees its connection open); ``start_delivery`` replays what it missed from the
+  database and lets the hub send what arrived meanwhile, skipping ids already sent: no
+  gap, no duplicate.
 * Catch-up: whenever the hub sees a gap (or the broker re-subscribes, or the periodic
   sweep finds the database ahead of a room), the missing messages are read by id from
   the database. Pub/sub is only the fast path.
