@@ -138,10 +138,10 @@ class Participant:
 
     def stop(self):
         self.stopping = True
+        if self._reader:
+            self._reader.kill()  # first: the close below reads the socket too
         if self.client:
             self.client.close()
-        if self._reader:
-            self._reader.kill()
         if self in _running:
             _running.remove(self)
 

@@ -17,6 +17,7 @@ from webapp.models import MODELS, database  # noqa: E402
 
 from . import chaos  # noqa: E402
 from .html import csrf_token as csrf_token_in  # noqa: E402
+from .rediscluster import RedisCluster  # noqa: E402
 from .support import LiveServer, RedisServer, ScratchPostgres, shared_postgres, unique_prefix  # noqa: E402
 
 TEST_CONFIG = {
@@ -113,11 +114,11 @@ def live(tmp_path):
     servers = []
     prefix = unique_prefix()
 
-    def start(name="server", database_url=None, port=None, **env):
+    def start(name="server", database_url=None, port=None, healthy=True, **env):
         env.setdefault("REDIS_CHANNEL_PREFIX", prefix)
         server = LiveServer(tmp_path, env=env, database_url=database_url, port=port, name=name)
         servers.append(server)
-        return server.start()
+        return server.start(healthy=healthy)
 
     yield start
     for server in servers:
@@ -155,3 +156,12 @@ def _greenlet_failures_fail_the_test():
     yield
     del hub.handle_error
     assert not failures, "a greenlet failed: " + "; ".join(failures)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real Redis Cluster (three masters, three replicas) for the whole run; a test that
+    kills a master starts it again, so the next test finds the cluster whole."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()

@@ -370,10 +370,11 @@ class LiveServer:
     def ws_url(self, path):
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def start(self, timeout=30):
-        """Run the release line, then the web line; wait until /healthz answers and every
-        worker is up. A port someone else bound meanwhile is replaced by a free one (unless
-        the test chose the port: then binding is retried)."""
+    def start(self, timeout=30, healthy=True):
+        """Run the release line, then the web line; wait until /healthz says 200 (or, with
+        ``healthy=False``, until it answers at all: for a server started while a part it
+        needs is down) and every worker is up. A port someone else bound meanwhile is
+        replaced by a free one (unless the test chose the port: then binding is retried)."""
         commands = procfile()
         subprocess.run(shlex.split(commands["release"]), cwd=PROJECT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
@@ -381,7 +382,9 @@ class LiveServer:
             self._log = open(self.log_path, "ab")
             self.process = subprocess.Popen(shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
                                             stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-            if wait_for(self._healthy, timeout=timeout, message=f"gunicorn on {self.port} ({self.log_path})") is True:
+            up = wait_for(lambda: self._healthy(answering=not healthy), timeout=timeout,
+                          message=f"gunicorn on {self.port} ({self.log_path})")
+            if up is True:
                 break
             self._log.close()
             if attempt + 1 == BIND_RETRIES:
@@ -393,7 +396,7 @@ class LiveServer:
         wait_for(lambda: len(self.worker_pids()) >= workers, timeout=timeout, message="workers")
         return self
 
-    def _healthy(self):
+    def _healthy(self, answering=False):
         if self.process.poll() is not None:
             if "Connection in use" in self.log() or "Address already in use" in self.log():
                 return "port taken"
@@ -402,6 +405,8 @@ class LiveServer:
             response = requests.get(self.url + "/healthz", timeout=1)
         except requests.RequestException:
             return False
+        if answering:
+            return response.status_code in (200, 503)
         return response.status_code == 200 and self.worker_pids() != []
 
     def alive(self):

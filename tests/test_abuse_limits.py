@@ -57,7 +57,8 @@ def test_the_home_page_lists_every_room_by_activity(client):
     for label in ("quiet", "busy"):
         client.post(f"/api/rooms/{label}/messages", json={"handle": "a", "message": "hi"})
     page = parse(client.get("/").get_data(as_text=True))
-    assert [a.attrs["href"] for a in page.by_id("rooms").all(lambda n: n.tag == "a")] == ["/busy/", "/quiet/", "/empty/"]
+    links = [a.attrs["href"] for a in page.by_id("rooms").all(lambda n: n.tag == "a")]
+    assert links == ["/busy/", "/quiet/", "/empty/"]
     assert [room["label"] for room in client.get("/api/rooms").get_json()["rooms"]] == ["busy", "quiet", "empty"]
 
 

@@ -2,10 +2,12 @@
 
 * ``publish_message`` (called by ``chat.send`` after the commit) hands the message to
   this worker's hub at once and to the broker for every other worker and server.
-* ``join`` registers a listener with the hub *first* (before the client sees its
-  connection open); ``start_delivery`` then replays what it missed from the database
-  and lets the hub send what arrived meanwhile, skipping ids already sent: no gap, no
-  duplicate.
+* ``subscribe`` makes this worker receive a room's events while a listener of it is
+  here (the broker subscribes per room), confirmed before the room is read from the
+  database; ``join`` then registers the listener with the hub *first* (before the
+  client sees its connection open); ``start_delivery`` replays what it missed from the
+  database and lets the hub send what arrived meanwhile, skipping ids already sent: no
+  gap, no duplicate.
 * Catch-up: whenever the hub sees a gap (or the broker re-subscribes, or the periodic
   sweep finds the database ahead of a room), the missing messages are read by id from
   the database. Pub/sub is only the fast path.
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GAP_WAIT = 0.05  # a message that overtook another usually sees it arrive within this
 SWEEP_INTERVAL = 5.0
+SUBSCRIBE_WAIT = 1.0  # at most this long for Redis to confirm a room's subscription
 KEEPALIVE_TICK = 1.0
 
 
@@ -115,6 +118,7 @@ class Realtime:
         self.broker.publish(label, self.origin + json.dumps(event).encode())
 
     def _on_broker_event(self, raw):
+        metrics.BROKER_EVENTS.inc()
         if raw.startswith(self.origin):
             return  # our own, already delivered here (checked before any decoding)
         try:
@@ -131,11 +135,23 @@ class Realtime:
 
     # -- listening ------------------------------------------------------------------
 
+    def subscribe(self, listener, label):
+        """Make this worker receive ``label``'s events for as long as ``listener`` is
+        here (until ``leave``). Call it before reading the room from the database: the
+        first listener of a room on this worker subscribes, and this returns once the
+        subscription is confirmed (or at once if the broker is away: its resync will
+        catch up), so a message published after the read cannot pass this worker by."""
+        self.start()
+        if listener.subscription is None:
+            listener.subscription = label
+            self.broker.hold(label, SUBSCRIBE_WAIT)
+
     def join(self, listener, room, after=None):
         """Register ``listener`` for ``room`` now; what arrives is held until
         ``start_delivery``. Call it before the client can see its connection open, so
-        "live" starts no later than the client thinks it does."""
-        self.start()
+        "live" starts no later than the client thinks it does (and after ``subscribe``,
+        before the room was read)."""
+        self.subscribe(listener, room.label)
         self.hub.join(listener, room.label, room.id, room.last_message_id, after)
         self.serving.add(gevent.getcurrent())
         metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).inc()
@@ -166,6 +182,9 @@ class Realtime:
         if listener.channel is not None:
             self.hub.leave(listener)
             metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).dec()
+        if listener.subscription is not None:
+            self.broker.release(listener.subscription)
+            listener.subscription = None
 
     def _missed(self, room_id, after_id):
         """What a room stored after ``after_id``: (rows, None), or, when that is more than
@@ -189,9 +208,10 @@ class Realtime:
             gevent.spawn(self._catch_up, channel)
 
     def _catch_up(self, channel):
-        """Read what ``channel`` misses (after a short wait for stragglers) and deliver it."""
+        """Read what ``channel`` misses (after a short wait for stragglers, longer after
+        each failed read) and deliver it."""
         try:
-            gevent.sleep(GAP_WAIT)
+            gevent.sleep(min(GAP_WAIT * 2**channel.catch_up_failures, SWEEP_INTERVAL))
             if self.hub.channels.get(channel.label) is not channel:
                 return
             if not channel.pending and channel.known_latest <= channel.last_id:
@@ -208,9 +228,12 @@ class Realtime:
                 metrics.CATCH_UPS.inc()
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows], stored)
             channel.known_latest = max(channel.known_latest, channel.last_id)
+            channel.catch_up_failures = 0
         except db.StorageUnavailable as exc:
-            log.warning("catch-up failed; the sweep will retry",
-                        extra={"event": "catch_up_failed", "room": channel.label, "error": str(exc)})
+            channel.catch_up_failures += 1
+            log.warning("catch-up failed; retrying later", extra={
+                "event": "catch_up_failed", "room": channel.label, "error": str(exc),
+                "failures": channel.catch_up_failures})
         finally:
             channel.catching_up = False
         if channel.pending and self.hub.channels.get(channel.label) is channel:
