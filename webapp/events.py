@@ -37,13 +37,17 @@ class EventStream(Transport):
         self.heartbeat = heartbeat
 
     def wait_closed(self):
-        """Block this greenlet until the client (or the server) ends the stream."""
-        while not self.closed:
-            try:
-                if not self._sock.recv(1024):  # a client sends nothing more after its request
-                    break
-            except OSError:
-                break
+        """Block this greenlet until the client (or the server) ends the stream.
+
+        A stream client sends nothing after its request: bytes from it mean it is done
+        (or misbehaving), and the stream ends at once instead of reading on (gevent's recv
+        would return at once while data is buffered, never letting others run)."""
+        try:
+            data = self._sock.recv(1024)
+        except OSError:
+            data = b""
+        if data and not self.closed:
+            log.info("an event-stream client sent data; stream closed", extra={"event": "stream_client_wrote"})
         self.teardown()
 
     def keepalive(self, now, interval, timeout):
