@@ -30,11 +30,12 @@ OPTIONAL_KINDS = frozenset({"room"})  # renames, for the embed: ?events=room
 class EventStream(Transport):
     """One client's event stream: written by the hub, read only to notice its end."""
 
-    __slots__ = ("heartbeat",)
+    __slots__ = ("heartbeat", "last_beat")
 
     def __init__(self, sock, backlog_limits, send_buffer, heartbeat, on_drop=None):
         super().__init__(sock, backlog_limits, send_buffer, on_drop)
         self.heartbeat = heartbeat
+        self.last_beat = time.monotonic()  # a comment every ``heartbeat`` s, busy or not
 
     def wait_closed(self):
         """Block this greenlet until the client (or the server) ends the stream.
@@ -53,7 +54,8 @@ class EventStream(Transport):
     def keepalive(self, now, interval, timeout):
         if self.closed or self.drop_if_stuck(now):
             return
-        if now - self.last_write >= self.heartbeat:
+        if now - self.last_beat >= self.heartbeat:
+            self.last_beat = now
             self.write(b": keepalive\n\n")
 
 
@@ -144,7 +146,7 @@ def stream(label):
         )
         stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
         realtime.start_delivery(listener, room, replay=after is not None)
-        stream.last_write = time.monotonic()
+        stream.last_beat = time.monotonic()
         stream.wait_closed()
     except db.StorageUnavailable:
         stream.teardown()  # the head is out: the client sees the stream end, and retries
