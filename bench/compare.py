@@ -2,7 +2,8 @@
 
 Both get the same shape (``--peer-shape``, 10 rooms x 50 members), the same offered loads
 (``--peer-steps``), the same number of gunicorn gevent workers (``--peer-workers``, 2) on
-one port sharing one Redis, SQLite for storage, and the same load generator (this server
+one port sharing one Redis, SQLite for storage (``--peer-db pg`` puts this server on
+PostgreSQL instead), and the same load generator (this server
 through its JSON WebSocket, the peer through Socket.IO over the websocket transport):
 ``scenarios.throughput`` measures both, one after the other. Then each holds
 ``--peer-idle`` idle sockets on one worker (``scenarios.capacity``) for the memory per
@@ -28,8 +29,8 @@ def _boot_peer(lab, workers):
     return cluster
 
 
-def _boot(lab, server, workers):
-    return lab.boot(f"sqlite-1x{workers}") if server == SERVERS[0] else _boot_peer(lab, workers)
+def _boot(lab, server, workers, db="sqlite"):
+    return lab.boot(f"{db}-1x{workers}") if server == SERVERS[0] else _boot_peer(lab, workers)
 
 
 async def side_by_side(lab, args, guarded):
@@ -39,7 +40,7 @@ async def side_by_side(lab, args, guarded):
     entries = []
     for server in SERVERS:
         entry = {"server": server}
-        cluster = _boot(lab, server, args.peer_workers)
+        cluster = _boot(lab, server, args.peer_workers, args.peer_db)
         try:
             entry["cluster"] = cluster.describe()
             entry["throughput"] = await guarded(f"throughput, {server}", lambda c=cluster: scenarios.throughput(
@@ -54,4 +55,4 @@ async def side_by_side(lab, args, guarded):
         finally:
             lab.release(cluster)
         entries.append(entry)
-    return {"shape": args.peer_shape, "workers": args.peer_workers, "servers": entries}
+    return {"shape": args.peer_shape, "workers": args.peer_workers, "db": args.peer_db, "servers": entries}

@@ -168,7 +168,8 @@ def _peers_table(peers):
             ])
     text = _table(
         f"(f) beside Flask-SocketIO: {peers['shape']} rooms x members, {peers['workers']} gevent workers each, "
-        "Redis, SQLite; idle sockets on one worker",
+        f"Redis, {'PostgreSQL' if peers.get('db') == 'pg' else 'SQLite'} for this project (SQLite for the peer); "
+        "idle sockets on one worker",
         ["server", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv us/deliv", "deliv/CPU-s", "worker CPU%",
          "integrity", "verdict", "idle conns", "idle kB/conn"],
         rows,

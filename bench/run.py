@@ -118,6 +118,8 @@ def parse_args(argv=None):
     group.add_argument("--peer-steps", type=_ints, help="(f): offered loads (deliveries/s) for both servers")
     group.add_argument("--peer-shape", default="10x50", help="(f): rooms x members (default 10x50)")
     group.add_argument("--peer-workers", type=int, default=2, help="(f): gevent workers of each server (default 2)")
+    group.add_argument("--peer-db", choices=["sqlite", "pg"], default="sqlite",
+                       help="(f): this server's database (the peer always stores in SQLite)")
     group.add_argument("--peer-idle", type=_ints, help="(f): idle sockets held on one worker of each, e.g. 5000")
     group.add_argument("--concurrency", type=int, default=200, help="connection handshakes in flight at once")
     group.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory (server logs)")
