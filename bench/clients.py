@@ -15,6 +15,12 @@ operations per frame:
   unexpected frames) is kept whole in ``client.other``;
 * ``client.n`` counts the messages received, so a waiter can poll cheaply.
 
+``SIOClient`` is the same WebSocket client speaking Socket.IO 5 over the Engine.IO 4
+websocket transport (``/socket.io/?EIO=4&transport=websocket``), for the Flask-SocketIO
+peer (``bench/peers``): it is open once its namespace connect (``40``) is answered, answers
+the server's pings (``2`` -> ``3``), and sends ``42["chat",{...}]``. A ``42["message",{...}]``
+event carries the same JSON message, so the same ``"message":"`` marker finds the text.
+
 The benchmark's message texts are ASCII letters, digits and spaces, which JSON and HTML
 leave unescaped, so the text between the markers is exactly what was sent.
 """
@@ -26,7 +32,7 @@ import os
 import socket
 import time
 
-__all__ = ["WSClient", "SSEClient", "HandshakeError", "connect_ws", "connect_sse", "http_get"]
+__all__ = ["WSClient", "SIOClient", "SSEClient", "HandshakeError", "connect", "connect_ws", "connect_sse", "http_get"]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 JSON_MARK = b'"message":"'
@@ -209,9 +215,13 @@ class WSClient(_Client):
         if headers.get("sec-websocket-accept") != accept:
             self._fail(HandshakeError("bad Sec-WebSocket-Accept", status))
             return end
+        self._upgraded()
+        return i + 4
+
+    def _upgraded(self):
+        """The server answered 101: the connection is open."""
         self.is_open = True
         self.opened.set_result(self)
-        return i + 4
 
     def _consume(self, data, end):
         pos = 0
@@ -256,7 +266,7 @@ class WSClient(_Client):
                     got.append(bytes(data[i:j if j >= 0 else stop]))
                     self.n += 1
                 else:
-                    self.other.append(bytes(data[head:stop]))
+                    self._other_text(bytes(data[head:stop]))
             else:
                 self._frame(b0, bytes(data[head:stop]))
             pos = stop
@@ -298,8 +308,14 @@ class WSClient(_Client):
             self.got.append(_time_ns())
             self.got.append(payload[i:payload.find(b'"', i)])
             self.n += 1
+        elif self._fragment_text:
+            self._other_text(payload)
         else:
             self.other.append(payload)
+
+    def _other_text(self, payload):
+        """A text message that is not a chat message (an error, a reset, ...)."""
+        self.other.append(payload)
 
     def _write(self, data):
         if self.transport is not None and not self.is_closed:
@@ -326,6 +342,37 @@ class WSClient(_Client):
             await asyncio.wait_for(asyncio.shield(self.closed), timeout)
         except asyncio.TimeoutError:
             self.abort()
+
+
+class SIOClient(WSClient):
+    """A Socket.IO client (Engine.IO 4, websocket transport only, namespace ``/``)."""
+
+    def __init__(self, host, port, path, name=""):
+        super().__init__(host, port, path, name)
+        query = path.partition("?")[2]
+        self._room = dict(part.partition("=")[::2] for part in query.split("&")).get("room", "")
+        self._upgrade_done = False
+
+    def _upgraded(self):
+        self._upgrade_done = True
+        self.is_open = True  # frames flow; ``opened`` waits for the namespace connect
+
+    def _other_text(self, payload):
+        kind = payload[:2]
+        if payload == b"2":  # Engine.IO ping
+            self.send_text(b"3")
+        elif kind == b"0{":  # Engine.IO open: connect to the default namespace, joining the room
+            self.send_text(b'40{"room":"%s"}' % self._room.encode())
+        elif kind == b"40":  # namespace connect answered
+            if not self.opened.done():
+                self.opened.set_result(self)
+        elif kind == b"44":  # connect refused
+            self._fail(HandshakeError(f"socket.io connect refused: {payload[:200]!r}"))
+        else:
+            self.other.append(payload)
+
+    def send_chat(self, handle, message):
+        self.send_text('42["chat",{"handle":"%s","message":"%s"}]' % (handle, message))
 
 
 class SSEClient(_Client):
@@ -448,6 +495,14 @@ async def _connect(cls, host, port, path, name, timeout, rcvbuf):
         client.abort()
         raise
     return client
+
+
+KINDS = {"ws": WSClient, "sio": SIOClient, "sse": SSEClient}
+
+
+async def connect(kind, host, port, path, name="", timeout=15.0, rcvbuf=None):
+    """An open client of ``kind`` (``ws``, ``sio`` or ``sse``), or an exception."""
+    return await _connect(KINDS[kind], host, port, path, name, timeout, rcvbuf)
 
 
 async def connect_ws(host, port, path, name="", timeout=15.0, rcvbuf=None):

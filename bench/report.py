@@ -135,10 +135,51 @@ def tables(results):
             ["slow client", "delivered", "p50 ms", "p99 ms", "max ms", "integrity (others)"],
             rows,
         ) + "\n  the slow client itself: " + _fate(fate))
+    peers = results.get("peers")
+    if peers and not peers.get("error"):
+        out.append(_peers_table(peers))
     errors = [f"{k}: {v['error']}" for k, v in results.items() if isinstance(v, dict) and v.get("error")]
     if errors:
         out.append("errors:\n  " + "\n  ".join(errors))
     return "\n\n".join(out)
+
+
+def _peers_table(peers):
+    """(f): one row per server and offered load, with idle memory per socket."""
+    rows = []
+    efficiency = {}
+    for entry in peers["servers"]:
+        tp, idle = entry.get("throughput") or {}, entry.get("idle") or {}
+        idle_steps = [] if idle.get("error") else idle.get("steps", [])
+        idle_kb = _fmt(idle_steps[-1]["rss_per_conn_kb"]) if idle_steps else "-"
+        idle_n = idle_steps[-1]["connections"] if idle_steps else "-"
+        if tp.get("error"):
+            rows.append([entry["server"], "error", tp["error"][:60]] + [""] * 7 + [idle_n, idle_kb])
+            continue
+        for step in tp.get("steps", []):
+            us = step.get("server_cpu_us_per_delivery")
+            per_cpu_s = round(1e6 / us) if us else None
+            efficiency.setdefault(step["offered_deliveries_per_s"], []).append((entry["server"], per_cpu_s))
+            rows.append([
+                entry["server"], step["offered_deliveries_per_s"], _fmt(step["deliveries_per_s"], 0),
+                _fmt(step["latency_ms"]["p50"]), _fmt(step["latency_ms"]["p99"]), _per_delivery(step),
+                _fmt(per_cpu_s), "/".join(_fmt(p, 0) for p in step.get("worker_cpu_pct", [])),
+                _integrity(step), "ok" if step["passed"] else "FAIL", idle_n, idle_kb,
+            ])
+    text = _table(
+        f"(f) beside Flask-SocketIO: {peers['shape']} rooms x members, {peers['workers']} gevent workers each, "
+        f"Redis, {'PostgreSQL' if peers.get('db') == 'pg' else 'SQLite'} for this project (SQLite for the peer); "
+        "idle sockets on one worker",
+        ["server", "offered/s", "delivered/s", "p50 ms", "p99 ms", "srv us/deliv", "deliv/CPU-s", "worker CPU%",
+         "integrity", "verdict", "idle conns", "idle kB/conn"],
+        rows,
+    )
+    for offered, pairs in efficiency.items():
+        values = dict(pairs)
+        ours, peer = values.get("this project"), values.get("Flask-SocketIO")
+        if ours and peer:
+            text += f"\n  at {offered}/s: {ours / peer:.2f}x Flask-SocketIO's deliveries per CPU-second"
+    return text
 
 
 def plots(results, directory):

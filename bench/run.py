@@ -18,7 +18,7 @@ import tempfile
 import time
 import traceback
 
-from . import report, scenarios
+from . import compare, report, scenarios
 from .scenarios import log
 from .servers import (
     PROJECT,
@@ -31,8 +31,8 @@ from .servers import (
 )
 from .stats import clean
 
-SCENARIOS = ("capacity", "fanout", "throughput", "sse", "slow")
-ALIASES = {"a": "capacity", "b": "fanout", "c": "throughput", "d": "sse", "e": "slow",
+SCENARIOS = ("capacity", "fanout", "throughput", "sse", "slow", "peers")
+ALIASES = {"a": "capacity", "b": "fanout", "c": "throughput", "d": "sse", "e": "slow", "f": "peers",
            "fanout_ws": "fanout", "fanout_sse": "sse", "slow_client": "slow"}
 
 PRESETS = {
@@ -55,6 +55,8 @@ PRESETS = {
         "slow_rate": 150.0,
         "slow_seconds": 15.0,
         "slow_padding": 1900,
+        "peer_steps": [20000],
+        "peer_idle": [5000],
     },
     "quick": {
         "capacity_steps": [200, 1000],
@@ -75,6 +77,8 @@ PRESETS = {
         "slow_rate": 20.0,
         "slow_seconds": 3.0,
         "slow_padding": 1000,
+        "peer_steps": [4000],
+        "peer_idle": [500],
     },
 }
 
@@ -94,7 +98,8 @@ def parse_args(argv=None):
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run of every scenario (< ~60 s)")
     parser.add_argument("--scenarios", type=_list, default=list(SCENARIOS),
-                        help="comma-separated, from: capacity (a), fanout (b), throughput (c), sse (d), slow (e); "
+                        help="comma-separated, from: capacity (a), fanout (b), throughput (c), sse (d), slow (e), "
+                             "peers (f: beside Flask-SocketIO); "
                              "default: all")
     parser.add_argument("--out", default=os.path.join(PROJECT, "bench", "results"), help="results directory")
     group = parser.add_argument_group("scenario parameters (defaults come from the preset)")
@@ -118,6 +123,12 @@ def parse_args(argv=None):
     group.add_argument("--slow-rate", type=float, help="messages/s in the slow-client room")
     group.add_argument("--slow-seconds", type=float)
     group.add_argument("--slow-padding", type=int, help="characters added to each slow-scenario message")
+    group.add_argument("--peer-steps", type=_ints, help="(f): offered loads (deliveries/s) for both servers")
+    group.add_argument("--peer-shape", default="10x50", help="(f): rooms x members (default 10x50)")
+    group.add_argument("--peer-workers", type=int, default=2, help="(f): gevent workers of each server (default 2)")
+    group.add_argument("--peer-db", choices=["sqlite", "pg"], default="sqlite",
+                       help="(f): this server's database (the peer always stores in SQLite)")
+    group.add_argument("--peer-idle", type=_ints, help="(f): idle sockets held on one worker of each, e.g. 5000")
     group.add_argument("--concurrency", type=int, default=200, help="connection handshakes in flight at once")
     group.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory (server logs)")
     args = parser.parse_args(argv)
@@ -328,6 +339,8 @@ async def run_all(args, resources, results, save):
             finally:
                 lab.release(cluster)
         results["throughput"] = clean({"runs": throughput_runs})
+    if "peers" in chosen:
+        store("peers", await guarded("beside Flask-SocketIO", lambda: compare.side_by_side(lab, args, guarded)))
     results["server_warnings"] = lab.warnings
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 
-from .clients import connect_sse, connect_ws, http_get
+from .clients import connect, connect_ws, http_get
 from .servers import cpu_seconds, rss_kb
 from .stats import Ledger, account, make_text
 
@@ -91,10 +91,7 @@ async def connect_many(specs, concurrency=200, timeout=20.0, what="clients"):
         nonlocal done
         async with semaphore:
             try:
-                if kind == "ws":
-                    client = await connect_ws(HOST, server.port, path, name, timeout)
-                else:
-                    client = await connect_sse(HOST, server.port, path, name, timeout)
+                client = await connect(kind, HOST, server.port, path, name, timeout)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
                 return None
@@ -176,12 +173,12 @@ async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_
     server = cluster.servers[0]
     pid = cluster.worker_pids()[0]
     label = new_label("cap")
-    path = f"/chat/{label}/"
+    path, kind = cluster.socket_path(label), cluster.client_kind
     await open_room(server, label)
     started = time.monotonic()
 
     # Warm up the worker (imports, the hub, the broker loops) before the baseline.
-    warm, failures = await connect_many([("ws", server, path, f"w{i}") for i in range(20)], concurrency)
+    warm, failures = await connect_many([(kind, server, path, f"w{i}") for i in range(20)], concurrency)
     if failures or not warm:
         raise RuntimeError(f"warm-up connections failed: {dict(failures)}")
     ledger = Ledger([label])
@@ -205,7 +202,7 @@ async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_
                 break
             need = target - len(clients)
             t0 = time.monotonic()
-            specs = [("ws", server, path, f"i{len(clients) + i}") for i in range(need)]
+            specs = [(kind, server, path, f"i{len(clients) + i}") for i in range(need)]
             new, failures = await connect_many(specs, concurrency, what="idle sockets")
             connect_s = time.monotonic() - t0
             clients += new
@@ -392,7 +389,8 @@ async def throughput(cluster, rooms, per_room, steps, step_seconds, drain_s, con
     specs = []
     for r, label in enumerate(labels):
         for i in range(per_room):
-            specs.append(("ws", servers[(r * per_room + i) % len(servers)], f"/chat/{label}/", f"r{r}c{i}"))
+            specs.append((cluster.client_kind, servers[(r * per_room + i) % len(servers)], cluster.socket_path(label),
+                          f"r{r}c{i}"))
     t0 = time.monotonic()
     clients, failures = await connect_many(specs, concurrency, what="members")
     connect_s = time.monotonic() - t0

@@ -348,6 +348,12 @@ class Cluster:
             server.stop()
 
     scratch = None  # the ScratchPostgres behind database_url, if any
+    client_kind = "ws"  # how the load generator talks to it (bench.clients.KINDS)
+
+    @staticmethod
+    def socket_path(label):
+        """Where a member of room ``label`` connects."""
+        return f"/chat/{label}/"
 
     def worker_pids(self):
         return [pid for server in self.servers for pid in server.worker_pids()]

@@ -31,26 +31,32 @@ ALWAYS_KINDS = frozenset({"delete", "clear"})  # an operator deleted messages
 class EventStream(Transport):
     """One client's event stream: written by the hub, read only to notice its end."""
 
-    __slots__ = ("heartbeat",)
+    __slots__ = ("heartbeat", "last_beat")
 
     def __init__(self, sock, backlog_limits, send_buffer, heartbeat, on_drop=None):
         super().__init__(sock, backlog_limits, send_buffer, on_drop)
         self.heartbeat = heartbeat
+        self.last_beat = time.monotonic()  # a comment every ``heartbeat`` s, busy or not
 
     def wait_closed(self):
-        """Block this greenlet until the client (or the server) ends the stream."""
-        while not self.closed:
-            try:
-                if not self._sock.recv(1024):  # a client sends nothing more after its request
-                    break
-            except OSError:
-                break
+        """Block this greenlet until the client (or the server) ends the stream.
+
+        A stream client sends nothing after its request: bytes from it mean it is done
+        (or misbehaving), and the stream ends at once instead of reading on (gevent's recv
+        would return at once while data is buffered, never letting others run)."""
+        try:
+            data = self._sock.recv(1024)
+        except OSError:
+            data = b""
+        if data and not self.closed:
+            log.info("an event-stream client sent data; stream closed", extra={"event": "stream_client_wrote"})
         self.teardown()
 
     def keepalive(self, now, interval, timeout):
         if self.closed or self.drop_if_stuck(now):
             return
-        if now - self.last_write >= self.heartbeat:
+        if now - self.last_beat >= self.heartbeat:
+            self.last_beat = now
             self.write(b": keepalive\n\n")
 
 
@@ -120,7 +126,7 @@ def _serve(listener, sock, room, after):
     try:
         stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
         current_app.extensions["chat.realtime"].start_delivery(listener, room, replay=after is not None)
-        stream.last_write = time.monotonic()
+        stream.last_beat = time.monotonic()
         stream.wait_closed()
     except db.StorageUnavailable:
         stream.teardown()  # the head is out: the client sees the stream end, and retries

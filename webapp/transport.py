@@ -40,7 +40,6 @@ class Transport:
         "_flusher",
         "closing",
         "closed",
-        "last_write",
         "on_drop",
     )
 
@@ -57,13 +56,26 @@ class Transport:
         self._flusher = None
         self.closing = False
         self.closed = False
-        self.last_write = time.monotonic()
         self.on_drop = on_drop
 
     def write(self, data):
         """Send bytes (the same object may go to many clients); queued if the peer is
         slow; a peer too far behind is dropped."""
         if self.closing:
+            return
+        if self._backlog is None and not self.closed:
+            # The common case, once per delivery: straight to the kernel through the
+            # non-blocking socket under gevent's (no Python wrapper, no timeout logic).
+            try:
+                sent = self._sock._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.teardown()
+                return
+            if sent == len(data):
+                return
+            self._start_backlog(data, sent)
             return
         self._write_raw(data)
         if self._backlog is not None:
@@ -75,23 +87,26 @@ class Transport:
     def _write_raw(self, data):
         if self.closed:
             return
-        self.last_write = time.monotonic()
         if self._backlog is not None:
             self._backlog.append(data)
             self._backlog_bytes += len(data)
             return
         try:
-            sent = self._sock.send(data, 0, 0.0)  # gevent: timeout 0.0 = never wait
+            sent = self._sock._sock.send(data)  # never waits: gevent keeps it non-blocking
         except BlockingIOError:
             sent = 0
         except OSError:
             self.teardown()
             return
         if sent < len(data):
-            self._backlog = deque([memoryview(data)[sent:]])
-            self._backlog_bytes = len(data) - sent
-            self._backlog_since = time.monotonic()
-            self._flusher = gevent.spawn(self._flush)
+            self._start_backlog(data, sent)
+
+    def _start_backlog(self, data, sent):
+        """The kernel took only ``sent`` bytes of ``data``: keep the rest, drain it later."""
+        self._backlog = deque([memoryview(data)[sent:]])
+        self._backlog_bytes = len(data) - sent
+        self._backlog_since = time.monotonic()
+        self._flusher = gevent.spawn(self._flush)
 
     def _flush(self):
         """Drain the backlog as the peer reads; ends when it is empty."""

@@ -7,6 +7,13 @@ client too slow to keep up is closed with 1013 (try again later). Keepalive ping
 sent by the owner's periodic sweep (``keepalive``), not by a timer per socket; a peer
 that does not answer within PONG_TIMEOUT is cut off.
 
+One client never holds its worker: gevent's ``recv`` returns at once while data is
+buffered, so a client writing without pause would keep the read loop running forever.
+The loop yields to the event loop after every ``YIELD_EVERY`` frames, a client sending
+more than ``FRAMES_PER_SECOND_MAX`` frames in a second is closed (1008), and every reply
+(pongs, error frames) goes through the same backlog limit as deliveries, so a client
+that writes without reading is closed (1013) once its replies pile up.
+
 Frames to clients are built once per message (``text_frame``) and shared by every socket.
 No compression is negotiated: a per-socket deflate context would cost ~100 kB each, and
 shared frames need every socket to take the same bytes.
@@ -26,12 +33,15 @@ log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 16 * 1024
 CLOSE_GRACE = 2.0  # seconds to wait for the peer's close frame before cutting the TCP
+YIELD_EVERY = 32  # frames handled before the read loop lets other greenlets run
+FRAMES_PER_SECOND_MAX = 1000  # any client past this (pings included) is flooding
 
 # Close codes (RFC 6455 and the contract).
 NORMAL = 1000
 GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 UNSUPPORTED = 1003
+POLICY_VIOLATION = 1008
 TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 RESTARTING = 1012
@@ -43,8 +53,17 @@ PING_FRAME = bytes(_encoder.ping())
 
 
 def text_frame(text):
-    """A complete, unmasked server-to-client text frame: the same bytes for every socket."""
-    return bytes(_encoder.send_data(text, fin=True))
+    """A complete, unmasked server-to-client text frame: the same bytes for every socket.
+
+    Built by hand (RFC 6455 5.2: FIN + opcode 1, then a 7-, 16- or 64-bit length): it is
+    all a server frame needs, once per message and worker, at a fraction of wsproto's cost."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 class _FinishedHandshake:
@@ -95,6 +114,9 @@ class WebSocket(Transport):
         "_incoming",
         "_incoming_bytes",
         "_ready",
+        "_work",
+        "_window_start",
+        "_window_frames",
         "close_code",
         "last_seen",
         "ping_sent",
@@ -109,6 +131,9 @@ class WebSocket(Transport):
         self._incoming = None
         self._incoming_bytes = 0
         self._ready = None  # complete messages not yet returned by receive (a list, when any)
+        self._work = 0  # frames handled since this greenlet last yielded
+        self._window_start = 0.0  # the frame budget's current one-second window
+        self._window_frames = 0
         if self._ws.connection is not None:
             # After the upgrade wsproto only asks its handshake for pending events, but
             # keeps the whole HTTP/1.1 machinery alive: ~2 kB per idle socket.
@@ -122,6 +147,7 @@ class WebSocket(Transport):
     def receive(self):
         """The next complete message (``str`` for text, ``bytes`` for binary), or None
         once the connection has ended."""
+        self._pause()
         while not self._ready:
             if self.closed:
                 return None
@@ -132,7 +158,9 @@ class WebSocket(Transport):
             if not data:
                 self.teardown()
                 return None
-            self.last_seen = time.monotonic()
+            self.last_seen = now = time.monotonic()
+            if now - self._window_start >= 1.0:
+                self._window_start, self._window_frames = now, 0
             try:
                 self._ws.receive_data(data)
                 self._handle_events()
@@ -140,14 +168,28 @@ class WebSocket(Transport):
                 if not self.closing:
                     self.close(PROTOCOL_ERROR, "protocol error")
                 log.debug("websocket protocol error: %s", exc)
+            self._pause()
         return self._ready.pop(0)
+
+    def _pause(self):
+        """Let other greenlets run after every YIELD_EVERY frames: while data is buffered,
+        recv returns at once and never switches by itself."""
+        if self._work >= YIELD_EVERY:
+            self._work = 0
+            gevent.sleep(0)
 
     def _handle_events(self):
         for event in self._ws.events():
+            self._work += 1
+            self._window_frames += 1
+            if self._window_frames > FRAMES_PER_SECOND_MAX and not self.closing:
+                if self.on_drop:
+                    self.on_drop("flood", f"more than {FRAMES_PER_SECOND_MAX} frames in a second")
+                self.close(POLICY_VIOLATION, "too many frames")
             if isinstance(event, (TextMessage, BytesMessage)):
                 self._collect(event)
             elif isinstance(event, Ping):
-                self._write_raw(self._ws.send(event.response()))
+                self.write(self._ws.send(event.response()))  # bounded like any write
             elif isinstance(event, Pong):
                 self.ping_sent = None
             elif isinstance(event, CloseConnection):
