@@ -45,8 +45,8 @@ def test_a_worker_with_nobody_in_a_room_receives_none_of_its_events(live, redis_
     two.open_room(label)
     reader = two.socket(label)
     redis = redis_server.client()
-    channel = f"chat:{label}"
-    wait_for(lambda: redis.pubsub_numsub(channel) == [(channel.encode(), 1)], message="one subscriber: server two")
+    name = channel(two, label)
+    wait_for(lambda: redis.pubsub_numsub(name) == [(name.encode(), 1)], message="one subscriber: server two")
     for n in range(30):
         assert two.post_json(label, "a", f"m{n}").status_code == 201
     assert [m["message"] for m in reader.collect(30)] == [f"m{n}" for n in range(30)]
@@ -54,11 +54,11 @@ def test_a_worker_with_nobody_in_a_room_receives_none_of_its_events(live, redis_
     assert one.metric("chat_broker_events_received_total") == 0
     # A stream on server one subscribes it; the room is let go a linger after it closes.
     stream = one.events(label)
-    assert redis.pubsub_numsub(channel) == [(channel.encode(), 2)]
+    assert redis.pubsub_numsub(name) == [(name.encode(), 2)]
     two.post_json(label, "a", "to both")
     assert stream.messages(1)
     stream.close()
-    wait_for(lambda: redis.pubsub_numsub(channel) == [(channel.encode(), 1)], message="server one to let go")
+    wait_for(lambda: redis.pubsub_numsub(name) == [(name.encode(), 1)], message="server one to let go")
     received = one.metric("chat_broker_events_received_total")
     two.post_json(label, "a", "only two")
     reader.collect(32)
@@ -86,12 +86,17 @@ def test_a_rooms_first_socket_on_a_worker_misses_nothing_posted_right_after_its_
 # -- a Redis Cluster ---------------------------------------------------------------------
 
 
-def rooms_on_every_master(cluster, prefix, per_master=1):
-    """Fresh labels whose channels hash to each master of the cluster."""
+def channel(server, label):
+    """The room's pub/sub channel on this server (each test's servers have a prefix of their own)."""
+    return f"{server.env['REDIS_CHANNEL_PREFIX']}:{label}"
+
+
+def rooms_on_every_master(cluster, server, prefix, per_master=1):
+    """Fresh labels whose channels (as ``server`` names them) hash to each master of the cluster."""
     wanted = {node.port: [] for node in cluster.masters()}
     while any(len(labels) < per_master for labels in wanted.values()):
         label = fresh(prefix)
-        labels = wanted[cluster.master_for(f"chat:{label}").port]
+        labels = wanted[cluster.master_for(channel(server, label)).port]
         if len(labels) < per_master:
             labels.append(label)
     return wanted
@@ -101,7 +106,7 @@ def test_rooms_on_every_master_reach_sockets_and_streams_on_two_servers(live, re
     """README: on a Redis Cluster every room is carried by its shard, across servers."""
     one, two = servers(live, tmp_path, redis_cluster.url_of(redis_cluster.nodes[0]),
                        redis_cluster.url_of(redis_cluster.nodes[1]))
-    rooms = [label for labels in rooms_on_every_master(redis_cluster, "shard", 2).values() for label in labels]
+    rooms = [label for labels in rooms_on_every_master(redis_cluster, one, "shard", 2).values() for label in labels]
     clients = {}
     for label in rooms:
         one.open_room(label)
@@ -125,7 +130,7 @@ def test_a_master_killed_mid_chat_loses_nothing_and_delivery_resumes(live, redis
     /healthz back to 200, live delivery back within a second of the failover."""
     one, two = servers(live, tmp_path, redis_cluster.url_of(redis_cluster.nodes[0]),
                        redis_cluster.url_of(redis_cluster.nodes[1]))
-    by_master = rooms_on_every_master(redis_cluster, "failover", 2)
+    by_master = rooms_on_every_master(redis_cluster, one, "failover", 2)
     victim = redis_cluster.masters()[0]
     label, quiet = by_master[victim.port]
     one.open_room(quiet)
