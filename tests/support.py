@@ -150,8 +150,10 @@ def procfile():
 class LiveServer:
     """gunicorn with gevent workers, started by the Procfile's lines on a free port."""
 
-    def __init__(self, tmp_path, env=None, database_url=None, port=None, name="server"):
+    def __init__(self, tmp_path, env=None, database_url=None, port=None, name="server", wrapper=()):
+        """``wrapper``: a command the web line runs under (e.g. ``unshare --pid --fork``)."""
         self.port = port or free_port()
+        self.wrapper = list(wrapper)
         self.log_path = tmp_path / f"{name}-{self.port}.log"
         self.process = None
         self.env = {
@@ -183,7 +185,7 @@ class LiveServer:
         subprocess.run(shlex.split(commands["release"]), cwd=PROJECT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
+        self.process = subprocess.Popen(self.wrapper + shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
                                         stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         wait_for(self._healthy, timeout=timeout, message=f"gunicorn on {self.port} ({self.log_path})")
         workers = int(self.env.get("WEB_CONCURRENCY", "1"))

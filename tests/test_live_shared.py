@@ -1,0 +1,109 @@
+"""What the servers keep in Redis besides pub/sub: who is here, open connections per
+address, message rate limits. Real gunicorn servers and a real redis-server.
+
+Each entry in Redis must come back after Redis loses it (a restart), ids must not collide
+between servers whose workers have the same pid (containers), and a per-address limit
+must count a client's messages on every worker together.
+"""
+
+import subprocess
+
+import pytest
+
+from .support import LiveServer, wait_for
+from .test_live_presence import Watcher
+from .wsclient import Refused, WSClient
+
+pytestmark = pytest.mark.live
+
+
+def _here(server, label):
+    rooms = {room["label"]: room["here"] for room in server.get("/api/rooms").json()["rooms"]}
+    return rooms.get(label)
+
+
+def _refused(url):
+    """True when a new socket is refused with 429 (an admitted one is closed again)."""
+    try:
+        WSClient(url).close()
+    except Refused as refused:
+        return refused.status == 429
+    return False
+
+
+def test_presence_and_connection_counts_come_back_after_a_redis_restart(live, own_redis):
+    server = live(REDIS_URL=own_redis.url, PRESENCE_TTL="3", MAX_CONNECTIONS_PER_ADDRESS=3)
+    server.open_room("restart")
+    ann = Watcher(server, "restart", handle="ann")
+    ann.presence(["ann"])
+    held = [WSClient(server.ws_url("/chat/restart/")) for _ in range(2)]  # three open: the cap
+    url = server.ws_url("/chat/restart/")
+    assert _refused(url)
+
+    own_redis.kill()
+    own_redis.start()  # same port, empty: every entry is gone
+    assert own_redis.client().dbsize() == 0
+    # Within one refresh (PRESENCE_TTL / 3 = 1 s) ann is listed again and the three
+    # connections count again, though nobody reconnected.
+    wait_for(lambda: _here(server, "restart") == 1, timeout=8, message="ann listed again")
+    wait_for(lambda: _refused(url), timeout=8, message="the cap counting the open sockets again")
+    assert ann.ws.closed is None
+    for ws in held:
+        ws.close()
+
+
+def _unshared(tmp_path, name, database_url, **env):
+    """A server whose processes live in a PID namespace of their own: its gunicorn master
+    is pid 1 there and its worker pid 2, like the same image in two containers."""
+    return LiveServer(tmp_path, env=env, database_url=database_url, name=name,
+                      wrapper=["unshare", "--pid", "--fork", "--kill-child=SIGTERM"])
+
+
+def _namespace_pids(server):
+    """The pids the server's workers see for themselves (inside their namespace)."""
+    def children(pid):
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        return [int(child) for child in out.split()]
+
+    pids = []
+    for master in children(server.process.pid):
+        for worker in children(master):
+            with open(f"/proc/{worker}/status") as status:
+                line = next(line for line in status if line.startswith("NSpid:"))
+            pids.append(int(line.split()[-1]))
+    return pids
+
+
+@pytest.fixture
+def twins(tmp_path, redis_server):
+    """Two servers on one Redis and one database whose workers have the same pid."""
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    servers = [_unshared(tmp_path, name, database, REDIS_URL=redis_server.url, MAX_CONNECTIONS_PER_ADDRESS=4,
+                         WEB_CONCURRENCY=1) for name in ("one", "two")]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_servers_whose_workers_share_a_pid_keep_apart_in_redis(twins):
+    one, two = twins
+    assert _namespace_pids(one) == _namespace_pids(two) == [2]
+    one.open_room("twins")
+    observer = Watcher(one, "twins")  # watches, is not listed
+    ann_here = Watcher(one, "twins", handle="ann")
+    observer.presence(["ann"])
+    ann_there = Watcher(two, "twins", handle="ann")  # the first entry on each worker
+    ann_there.presence(["ann"])
+    ann_there.ws.close()  # must not take the other server's "ann" with it
+    bob = Watcher(two, "twins", handle="bob")
+    assert observer.next_of("presence", where=lambda handles: "bob" in handles) == ["ann", "bob"]
+    assert _here(one, "twins") == 2
+    # three sockets open (observer, ann, bob) of MAX_CONNECTIONS_PER_ADDRESS=4
+    fourth = WSClient(two.ws_url("/chat/twins/"))
+    assert _refused(one.ws_url("/chat/twins/")) and _refused(two.ws_url("/chat/twins/"))
+    for ws in (fourth, observer.ws, ann_here.ws, bob.ws):
+        ws.close()
