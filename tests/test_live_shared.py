@@ -6,6 +6,7 @@ between servers whose workers have the same pid (containers), and a per-address 
 must count a client's messages on every worker together.
 """
 
+import json
 import subprocess
 
 import pytest
@@ -107,3 +108,43 @@ def test_servers_whose_workers_share_a_pid_keep_apart_in_redis(twins):
     assert _refused(one.ws_url("/chat/twins/")) and _refused(two.ws_url("/chat/twins/"))
     for ws in (fourth, observer.ws, ann_here.ws, bob.ws):
         ws.close()
+
+
+def _spread_over_workers(server, label, per_worker):
+    """Open sockets until ``per_worker`` of them sit on each of the server's workers."""
+    by_worker = {}
+    opened = []
+    while len(by_worker) < 2 or min(len(held) for held in by_worker.values()) < per_worker:
+        assert len(opened) < 20 * per_worker, f"sockets all landed on {list(by_worker)}"
+        ws = WSClient(server.ws_url(f"/chat/{label}/"))
+        opened.append(ws)
+        port = ws.sock.getsockname()[1]
+        worker = wait_for(lambda port=port: server.worker_holding(port), message="the socket's worker")
+        by_worker.setdefault(worker, []).append(ws)
+    assert set(by_worker) == set(server.worker_pids())
+    return [held[:per_worker] for held in by_worker.values()], opened
+
+
+def _stored(server, label):
+    return len(server.get(f"/api/rooms/{label}/messages?limit=200").json()["messages"])
+
+
+def _check_the_address_limit_spans_workers(server):
+    """RATE_LIMIT=3/60: 3 per socket, 30 per address. Six sockets on each worker send
+    three each (36 in all, 18 per worker): exactly 30 are stored."""
+    server.open_room("spread")
+    (first, second), opened = _spread_over_workers(server, "spread", 6)
+    for n in range(3):
+        for ws in [ws for pair in zip(first, second, strict=True) for ws in pair]:
+            ws.send(json.dumps({"handle": "flood", "message": f"m{n}"}))
+    wait_for(lambda: _stored(server, "spread") + server.metric("chat_refused_total", reason="rate_limited") >= 36,
+             timeout=15, message="every message stored or refused")
+    assert _stored(server, "spread") == 30
+    for ws in opened:
+        ws.close()
+
+
+@pytest.mark.parametrize("redis_kind", ["redis_server", "redis_cluster"])
+def test_the_address_rate_limit_counts_across_workers(live, request, redis_kind):
+    url = request.getfixturevalue(redis_kind).url  # a single Redis, or a node of a cluster
+    _check_the_address_limit_spans_workers(live(WEB_CONCURRENCY=2, REDIS_URL=url, RATE_LIMIT="3/60"))

@@ -25,10 +25,10 @@ from . import (
     security,
     settings,
     sockets,
+    throttle,
 )
 from .extensions import csrf
 from .labels import LabelConverter
-from .throttle import Throttle
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def create_app(config=None):
     metrics.init_app(app)
     admission.init_app(app)
     realtime.init_app(app)
-    app.extensions["chat.throttle"] = Throttle(app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"])
+    throttle.init_app(app)
 
     app.register_blueprint(pages.bp)
     api.init_app(app)

@@ -1,0 +1,70 @@
+"""Rate limits counted in a real Redis (and a real Redis Cluster), as two workers would
+hold them, and what each limit does while Redis is away."""
+
+import logging
+import uuid
+
+import pytest
+
+from webapp.settings import Rate
+from webapp.throttle import CLOSED, OPEN, SharedWindows, Throttle, redis_storage
+
+from .support import wait_for
+
+
+def _worker(url, prefix, retry=0.2):
+    """A throttle as one worker process holds it."""
+    throttle = Throttle(SharedWindows(lambda: redis_storage(url, prefix), retry=retry))
+    throttle.add("address", Rate(3, 60))
+    throttle.add("strict", Rate(3, 60), when_unreachable=CLOSED)
+    throttle.add("lenient", Rate(3, 60), when_unreachable=OPEN)
+    throttle.add("connection", Rate(2, 60), shared=False)
+    return throttle
+
+
+def _events(caplog, name):
+    return [record for record in caplog.records if getattr(record, "event", None) == name]
+
+
+def test_a_shared_limit_counts_across_workers_and_each_limit_survives_an_outage(own_redis, caplog):
+    caplog.set_level(logging.INFO, logger="webapp.throttle")
+    one, two = _worker(own_redis.url, "t"), _worker(own_redis.url, "t")
+    assert [one.hit("address", "a"), two.hit("address", "a"), one.hit("address", "a")] == [True] * 3
+    assert two.hit("address", "a") is False and one.hit("address", "a") is False
+    assert [one.hit("connection", "c1") for _ in range(3)] == [True, True, False]
+    assert two.hit("connection", "c1") is True  # per connection: never shared
+
+    own_redis.kill()
+    assert [one.hit("address", "b") for _ in range(4)] == [True] * 3 + [False]  # this worker's count
+    assert two.hit("address", "b") is True  # ... and only this worker's
+    assert one.hit("strict", "x") is False and one.hit("lenient", "x") is True
+    assert [one.hit("lenient", "y") for _ in range(5)] == [True] * 5
+    assert len(_events(caplog, "rate_limits_unshared")) == 2  # once per worker, not per message
+
+    own_redis.start()
+    wait_for(lambda: one.hit("address", uuid.uuid4().hex) and _events(caplog, "rate_limits_shared"), timeout=5,
+             message="counted in Redis again")
+    assert [one.hit("address", "d"), one.hit("address", "d"), one.hit("address", "d")] == [True] * 3
+    wait_for(lambda: two.test("address", uuid.uuid4().hex), timeout=5, message="the other worker back too")
+    assert two.hit("address", "d") is False
+    assert len(_events(caplog, "rate_limits_unshared")) == 2
+
+
+def test_a_shared_limit_counts_across_workers_on_a_redis_cluster(redis_cluster):
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    one, two = _worker(redis_cluster.url, prefix), _worker(redis_cluster.url, prefix)
+    addresses = [f"203.0.113.{n}" for n in range(40)]
+    for address in addresses:
+        assert [one.hit("address", address), two.hit("address", address), one.hit("address", address)] == [True] * 3
+        assert two.hit("address", address) is False
+    keys = [key.decode() for node in redis_cluster.masters() for key in node.client().keys(f"{prefix}:limits:*")]
+    assert len(keys) == len(addresses)
+    holding = {node.port for node in redis_cluster.masters() if node.client().keys(f"{prefix}:limits:*")}
+    assert len(holding) == 3  # the addresses' windows spread over every master
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
+def test_a_redis_that_never_answered_leaves_every_limit_to_its_fallback(url):
+    throttle = _worker(url, "t")
+    assert [throttle.hit("address", "a") for _ in range(4)] == [True] * 3 + [False]
+    assert throttle.hit("strict", "a") is False and throttle.hit("lenient", "a") is True
