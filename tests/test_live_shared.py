@@ -148,3 +148,41 @@ def _check_the_address_limit_spans_workers(server):
 def test_the_address_rate_limit_counts_across_workers(live, request, redis_kind):
     url = request.getfixturevalue(redis_kind).url  # a single Redis, or a node of a cluster
     _check_the_address_limit_spans_workers(live(WEB_CONCURRENCY=2, REDIS_URL=url, RATE_LIMIT="3/60"))
+
+
+def _labels_on_every_master(cluster, prefix):
+    """One room label per master, chosen so that the room's presence set lives there."""
+    labels = {}
+    for n in range(200):
+        label = f"spread-{n}"
+        labels.setdefault(cluster.master_for(f"{prefix}:presence:{label}").port, label)
+        if len(labels) == len(cluster.masters()):
+            return list(labels.values())
+    raise AssertionError("no label for some master")
+
+
+def test_presence_and_connection_caps_on_a_redis_cluster(live, redis_cluster, tmp_path):
+    database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    env = dict(REDIS_URL=redis_cluster.url, REDIS_CHANNEL_PREFIX="clustered", MAX_CONNECTIONS_PER_ADDRESS=9,
+               WEB_CONCURRENCY=1)
+    one, two = live("one", database_url=database, **env), live("two", database_url=database, **env)
+    labels = _labels_on_every_master(redis_cluster, "clustered")
+    watchers, people = [], []
+    for label in labels:
+        one.open_room(label)
+        watchers.append(Watcher(one, label))
+        people.append((Watcher(one, label, handle="ann"), Watcher(two, label, handle="bob")))
+    for watcher in watchers:
+        watcher.presence(["ann", "bob"])
+    # the home page reads every room's count at once, across the masters
+    assert {label: _here(two, label) for label in labels} == dict.fromkeys(labels, 2)
+    # nine sockets open from this address: the cap, on both servers
+    assert _refused(one.ws_url(f"/chat/{labels[0]}/")) and _refused(two.ws_url(f"/chat/{labels[0]}/"))
+    for watcher, (_, bob) in zip(watchers, people, strict=True):
+        bob.ws.close()
+        watcher.presence(["ann"])
+    assert {label: _here(one, label) for label in labels} == dict.fromkeys(labels, 1)
+    WSClient(two.ws_url(f"/chat/{labels[0]}/")).close()  # a freed place
+    for watcher, (ann, _) in zip(watchers, people, strict=True):
+        watcher.ws.close()
+        ann.ws.close()
