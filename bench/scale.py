@@ -31,9 +31,9 @@ SCENARIOS = ("scale", "pg-servers")
 
 PRESETS = {
     "full": {"scale_servers": [1, 2, 3], "scale_seconds": 10.0, "scale_rate": 400.0, "scale_members": 30,
-             "scale_rooms": 10, "pg_rates": [200, 400, 800, 1600, 3200], "pg_seconds": 5.0},
+             "scale_rooms": 10, "scale_added_rate": 150.0, "pg_rates": [200, 400, 800, 1600, 3200], "pg_seconds": 5.0},
     "quick": {"scale_servers": [1, 2], "scale_seconds": 2.0, "scale_rate": 100.0, "scale_members": 10,
-              "scale_rooms": 4, "pg_rates": [100, 200], "pg_seconds": 1.5},
+              "scale_rooms": 4, "scale_added_rate": 50.0, "pg_rates": [100, 200], "pg_seconds": 1.5},
 }
 
 
@@ -43,7 +43,8 @@ def add_arguments(parser):
     ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
     group.add_argument("--scale-servers", type=ints, help="server counts for deliveries/s as servers are added")
     group.add_argument("--scale-seconds", type=float, help="seconds per scale measurement")
-    group.add_argument("--scale-rate", type=float, help="messages/s per loaded server")
+    group.add_argument("--scale-rate", type=float, help="messages/s on the loaded server (foreign-room share)")
+    group.add_argument("--scale-added-rate", type=float, help="messages/s per server as servers are added")
     group.add_argument("--scale-members", type=int, help="members per room")
     group.add_argument("--scale-rooms", type=int, help="rooms per loaded server")
     group.add_argument("--pg-rates", type=ints, help="pg-servers: message rates to try (messages/s)")
@@ -170,7 +171,7 @@ async def adding_servers(lab, opts, concurrency):
                 senders.extend(own_senders)
             clients = [c for cs in members.values() for c in cs]
             seqs = {}
-            rate = opts["scale_rate"] * count
+            rate = opts["scale_added_rate"] * count
             await warm_up(members, senders, rate, seqs)
             run = await measure(cluster.servers, members, senders, rate, opts["scale_seconds"], 5.0, seqs)
             run["servers"] = count
@@ -184,7 +185,7 @@ async def adding_servers(lab, opts, concurrency):
         finally:
             await close_all(clients)
             lab.release(cluster)
-    return {"per_server_messages_per_s": opts["scale_rate"], "rooms_per_server": opts["scale_rooms"],
+    return {"per_server_messages_per_s": opts["scale_added_rate"], "rooms_per_server": opts["scale_rooms"],
             "members": opts["scale_members"], "runs": rows}
 
 
