@@ -19,7 +19,9 @@ the same time (so noise hits both), absolute rates are a property of this machin
 """
 
 import asyncio
+import threading
 import time
+from datetime import datetime, timezone
 
 import psycopg2
 
@@ -31,7 +33,8 @@ SCENARIOS = ("scale", "pg-servers")
 
 PRESETS = {
     "full": {"scale_servers": [1, 2, 3], "scale_seconds": 10.0, "scale_rate": 400.0, "scale_members": 30,
-             "scale_rooms": 10, "scale_added_rate": 150.0, "pg_rates": [200, 400, 800, 1600, 3200], "pg_seconds": 5.0},
+             "scale_rooms": 10, "scale_added_rate": 150.0, "pg_rates": [200, 400, 800, 1200, 1600, 2400, 3200],
+             "pg_seconds": 5.0},
     "quick": {"scale_servers": [1, 2], "scale_seconds": 2.0, "scale_rate": 100.0, "scale_members": 10,
               "scale_rooms": 4, "scale_added_rate": 50.0, "pg_rates": [100, 200], "pg_seconds": 1.5},
 }
@@ -232,6 +235,39 @@ class BackendPeak:
         return self.peak
 
 
+def insert_path(dsn, room_ids, writers, seconds):
+    """``writers`` connections (threads) storing messages as the servers do (one call of
+    ``chat_append_message``, committed) for ``seconds``, writer i into ``room_ids[i % n]``:
+    commits per second, and the mean time of one."""
+    counts = [0] * writers
+    latencies = [0.0] * writers
+    stop = time.monotonic() + seconds
+
+    def write(index):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        room = room_ids[index % len(room_ids)]
+        with conn.cursor() as cur:
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                cur.execute("SELECT message_id FROM chat_append_message(%s, %s, %s, %s)",
+                            (room, "bench", "insert path", datetime.now(timezone.utc).replace(tzinfo=None)))
+                cur.fetchone()
+                latencies[index] += time.perf_counter() - t0
+                counts[index] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    t0 = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(counts)
+    return {"writers": writers, "rooms": len(room_ids), "commits_per_s": round(total / (time.monotonic() - t0), 1),
+            "mean_ms": round(1000 * sum(latencies) / total, 2) if total else None}
+
+
 async def pg_servers(lab, args, servers=4, senders_per_server=2, listeners=2, p99_limit_ms=250.0):
     """Four servers on one PostgreSQL: the insert path with and without a shared room."""
     opts = _options(args)
@@ -266,12 +302,16 @@ async def pg_servers(lab, args, servers=4, senders_per_server=2, listeners=2, p9
                     run = await measure(cluster.servers, members, senders, rate, opts["pg_seconds"], 5.0, seqs)
                     run["peak_connections"] = peak.stop()
                     run["messages_per_s"] = rate
+                    # Sustained: every message stored and delivered, at the offered rate. A p99
+                    # over the limit is reported, but the ramp goes on (on a shared machine
+                    # the p99 is the noisiest number) until it passes ten times the limit.
                     problems = [p for p, bad in (
-                        (f"lost {run['lost']}", run["lost"]),
-                        (f"p99 {run['p99_ms']} ms", (run["p99_ms"] or 0) > p99_limit_ms),
+                        (f"lost {run['lost']}", run["lost"] or run["other_frames"]),
                         ("could not send at the rate", run["sent_per_s"] < 0.9 * rate),
+                        (f"p99 {run['p99_ms']} ms", (run["p99_ms"] or 0) > 10 * p99_limit_ms),
                     ) if bad]
-                    run["passed"] = not problems
+                    run["sustained"] = not problems
+                    run["within_p99_limit"] = not problems and (run["p99_ms"] or 0) <= p99_limit_ms
                     run["problems"] = problems
                     rows.append(run)
                     log(f"  pg {shape}: {rate} msg/s -> p50 {run['p50_ms']} p99 {run['p99_ms']} ms, "
@@ -280,9 +320,26 @@ async def pg_servers(lab, args, servers=4, senders_per_server=2, listeners=2, p9
                         break
             finally:
                 await close_all(clients)
-            passed = [row["messages_per_s"] for row in rows if row["passed"]]
-            result["shapes"][shape] = {"rooms": rooms, "steps": rows,
-                                       "max_passing_messages_per_s": max(passed, default=0)}
+            result["shapes"][shape] = {
+                "rooms": rooms, "steps": rows,
+                "max_sustained_messages_per_s": max((r["messages_per_s"] for r in rows if r["sustained"]), default=0),
+                "max_within_p99_limit_messages_per_s": max(
+                    (r["messages_per_s"] for r in rows if r["within_p99_limit"]), default=0),
+            }
+        # The insert path alone, without sockets: 8 writers into one room (each waits for
+        # the room's row lock) and into 8 rooms, as 8 senders on 4 servers would write.
+        labels = [new_label("ins") for _ in range(8)]
+        await asyncio.gather(*(open_room(cluster.servers[0], label) for label in labels))
+        with psycopg2.connect(cluster.scratch.url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM room WHERE label = ANY(%s)", (labels,))
+            room_ids = [row[0] for row in cur.fetchall()]
+        seconds = opts["pg_seconds"]
+        result["insert_path"] = {
+            "one writer": await asyncio.to_thread(insert_path, cluster.scratch.url, room_ids[:1], 1, seconds),
+            "one room": await asyncio.to_thread(insert_path, cluster.scratch.url, room_ids[:1], 8, seconds),
+            "a room per writer": await asyncio.to_thread(insert_path, cluster.scratch.url, room_ids, 8, seconds),
+        }
+        log(f"  insert path: {result['insert_path']}")
     finally:
         lab.release(cluster)
     return result
