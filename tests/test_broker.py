@@ -1,7 +1,9 @@
-"""One contract, two brokers: what the in-process and the Redis broker both promise.
+"""One contract, three brokers: what the in-process broker, a single Redis and a Redis
+Cluster all promise. A process receives the events of the rooms it holds, and only those.
 
 The Redis tests use a redis-server owned by the tests; the fault tests kill and restart
-it, or drop the subscriber the way Redis drops one whose output buffer overflows."""
+it, or drop the subscriber the way Redis drops one whose output buffer overflows. The
+cluster is the session's real one (three masters, three replicas)."""
 
 import uuid
 
@@ -13,36 +15,44 @@ from webapp.broker import InProcessBroker, RedisBroker
 
 from .support import wait_for
 
+ROOMS = [f"room-{n}" for n in range(12)]  # enough to land on every master of the cluster
+
 
 class Subscriber:
-    def __init__(self, broker):
+    def __init__(self, broker, rooms=("lobby",)):
         self.broker = broker
         self.events = []
         self.resyncs = 0
         broker.start(self.events.append, self.resynced)
+        for room in rooms:
+            broker.hold(room)
 
     def resynced(self):
         self.resyncs += 1
 
 
-@pytest.fixture(params=["in-process", "redis"])
+def _redis_pair(url, **options):
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    return RedisBroker(url, prefix, backoff_max=0.2, **options), RedisBroker(url, prefix, backoff_max=0.2, **options)
+
+
+@pytest.fixture(params=["in-process", "redis", "cluster"])
 def pair(request):
     """Two brokers as two worker processes would hold them (the same object in-process)."""
     if request.param == "in-process":
-        broker = InProcessBroker()
+        broker = InProcessBroker(linger=0.2)
         yield broker, broker
         broker.stop()
         return
-    server = request.getfixturevalue("redis_server")
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    brokers = RedisBroker(server.url, prefix, backoff_max=0.2), RedisBroker(server.url, prefix, backoff_max=0.2)
+    server = request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+    brokers = _redis_pair(server.url, linger=0.2)
     yield brokers
     for broker in brokers:
         broker.stop()
 
 
-def started(pair):
-    subscribers = [Subscriber(broker) for broker in pair]
+def started(pair, rooms=("lobby",)):
+    subscribers = [Subscriber(broker, rooms) for broker in pair]
     wait_for(lambda: all(s.resyncs for s in subscribers), message="subscriptions")
     return subscribers
 
@@ -55,17 +65,68 @@ def test_an_event_reaches_every_subscriber(pair):
 
 
 def test_events_from_one_publisher_keep_their_order(pair):
-    _, second = started(pair)
+    _, second = started(pair, ROOMS)
     for n in range(200):
-        pair[0].publish(f"room-{n % 3}", str(n).encode())
+        pair[0].publish(ROOMS[0], str(n).encode())
     wait_for(lambda: len(second.events) == 200, message="200 events")
     assert second.events == [str(n).encode() for n in range(200)]
+
+
+def test_every_room_reaches_its_holders_wherever_its_shard_is(pair):
+    _, second = started(pair, ROOMS)
+    for room in ROOMS:
+        pair[0].publish(room, room.encode())
+    wait_for(lambda: len(second.events) == len(ROOMS), message="one event per room")
+    assert sorted(second.events) == sorted(room.encode() for room in ROOMS)
 
 
 def test_start_reports_a_resync_and_the_broker_is_healthy(pair):
     subscribers = started(pair)
     assert all(s.resyncs >= 1 for s in subscribers)
-    assert all(broker.healthy() for broker in pair)
+    wait_for(lambda: all(broker.healthy() for broker in pair), message="healthy")
+
+
+def test_a_hold_returns_once_the_subscription_is_confirmed(pair):
+    """README: a room's first listener on a worker misses nothing published right after it joined."""
+    first, second = started(pair)
+    for n in range(20):
+        room = f"fresh-{uuid.uuid4().hex[:6]}-{n}"
+        assert pair[1].hold(room) is True
+        pair[0].publish(room, room.encode())  # no wait: the subscription is in place
+        wait_for(lambda room=room: room.encode() in second.events, timeout=2, message=f"event in {room}")
+
+
+def test_a_process_receives_nothing_of_rooms_it_does_not_hold(pair):
+    """README: a worker with nobody in a room receives none of its events."""
+    if pair[0] is pair[1]:
+        pair = (pair[0], InProcessBroker(linger=0.2))  # in-process: another "process"
+    first = Subscriber(pair[0], ["lobby"])
+    second = Subscriber(pair[1], ["elsewhere"])
+    wait_for(lambda: first.resyncs and second.resyncs, message="subscriptions")
+    for n in range(20):
+        pair[0].publish("lobby", b"%d" % n)
+    wait_for(lambda: len(first.events) == 20, message="the room's events where it is held")
+    pair[1].publish("elsewhere", b"marker")
+    wait_for(lambda: b"marker" in second.events, message="the marker")
+    assert second.events == [b"marker"]
+
+
+def test_a_released_room_goes_after_its_linger_and_a_quick_return_keeps_it(pair):
+    first = Subscriber(pair[0], rooms=()) if pair[0] is not pair[1] else None
+    second = Subscriber(pair[1])
+    wait_for(lambda: second.resyncs and (first is None or first.resyncs), message="subscription")
+    pair[1].release("lobby")
+    pair[1].hold("lobby")  # a reload: back within the linger, still subscribed
+    gevent.sleep(0.4)
+    pair[0].publish("lobby", b"kept")
+    wait_for(lambda: b"kept" in second.events, message="delivery after a quick return")
+    pair[1].release("lobby")
+    wait_for(lambda: "lobby" not in pair[1].rooms(), message="the linger to end")
+    gevent.sleep(0.2)
+    if pair[0] is not pair[1]:
+        pair[0].publish("lobby", b"gone")
+        gevent.sleep(0.3)
+        assert b"gone" not in second.events
 
 
 def test_starting_twice_in_one_process_subscribes_once(redis_server):
@@ -73,7 +134,7 @@ def test_starting_twice_in_one_process_subscribes_once(redis_server):
     events = []
     broker.start(events.append, lambda: None)
     broker.start(events.append, lambda: None)
-    wait_for(lambda: broker.subscribed, message="subscription")
+    assert broker.hold("lobby")
     broker.publish("lobby", b"once")
     wait_for(lambda: events, message="delivery")
     gevent.sleep(0.2)
@@ -86,8 +147,7 @@ def test_starting_twice_in_one_process_subscribes_once(redis_server):
 
 @pytest.fixture
 def redis_pair(own_redis):
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    brokers = RedisBroker(own_redis.url, prefix, backoff_max=0.2), RedisBroker(own_redis.url, prefix, backoff_max=0.2)
+    brokers = _redis_pair(own_redis.url)
     yield own_redis, brokers
     for broker in brokers:
         broker.stop()
@@ -102,7 +162,10 @@ def test_a_dead_redis_never_blocks_or_breaks_publishing(redis_pair):
     for n in range(100):
         pair[0].publish("lobby", b"while down %d" % n)  # returns at once, raises nothing
     assert gevent.get_hub().loop.now() - started_at < 0.5
-    wait_for(lambda: not pair[1].subscribed, message="the subscriber to notice")
+    wait_for(lambda: not pair[1].connected, message="the subscriber to notice")
+    started_at = gevent.get_hub().loop.now()
+    assert pair[1].hold("another room") is False  # a join does not wait on a dead Redis
+    assert gevent.get_hub().loop.now() - started_at < 0.5
 
 
 def test_a_full_publish_queue_keeps_the_newest_copies_and_says_so_once(redis_pair, caplog):
@@ -118,7 +181,10 @@ def test_a_full_publish_queue_keeps_the_newest_copies_and_says_so_once(redis_pai
 
 def test_subscribers_come_back_by_themselves_and_resync(redis_pair):
     server, pair = redis_pair
-    first, second = started(pair)
+    # The publisher backs off longer than the subscriber, so its kept event is sent after
+    # the subscription is back (pub/sub keeps nothing for a subscriber that is away).
+    pair[0].backoff_max = 1.0
+    first, second = started(pair, ["lobby", "kitchen"])
     resyncs = second.resyncs
     server.kill()
     gevent.sleep(0.5)
@@ -127,8 +193,20 @@ def test_subscribers_come_back_by_themselves_and_resync(redis_pair):
     wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription within 5 s")
     # the publisher kept what it could not send, and sends it once Redis is back
     wait_for(lambda: b"kept while Redis was down" in second.events, timeout=5, message="kept event")
-    pair[0].publish("lobby", b"after")
+    pair[0].publish("kitchen", b"after")  # every room's subscription is back
     wait_for(lambda: b"after" in second.events, message="delivery after the outage")
+
+
+def test_a_redis_down_at_start_up_is_joined_when_it_answers(own_redis):
+    own_redis.kill()
+    broker = RedisBroker(own_redis.url, f"t-{uuid.uuid4().hex[:6]}", backoff_max=0.2)
+    subscriber = Subscriber(broker, ["lobby"])
+    assert not broker.healthy()
+    own_redis.start()
+    wait_for(lambda: subscriber.resyncs and broker.healthy(), timeout=5, message="connection once Redis answers")
+    broker.publish("lobby", b"hello")
+    wait_for(lambda: b"hello" in subscriber.events, message="delivery")
+    broker.stop()
 
 
 def test_a_dropped_subscriber_reconnects_and_resyncs(redis_pair):

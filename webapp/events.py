@@ -107,6 +107,26 @@ def _response_head():
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def _serve(listener, sock, room, after):
+    """Answer on the socket: the head, the replay, then whatever the hub writes, until
+    the connection closes."""
+    config = current_app.config
+    listener.stream = stream = EventStream(
+        sock,
+        (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
+        config["SOCKET_SEND_BUFFER"],
+        config["SSE_HEARTBEAT"],
+        on_drop=_dropped,
+    )
+    try:
+        stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
+        current_app.extensions["chat.realtime"].start_delivery(listener, room, replay=after is not None)
+        stream.last_write = time.monotonic()
+        stream.wait_closed()
+    except db.StorageUnavailable:
+        stream.teardown()  # the head is out: the client sees the stream end, and retries
+
+
 def _dropped(kind, reason):
     metrics.DROPPED.labels(kind).inc()
     log.warning("dropped an event stream", extra={"event": "client_dropped", "reason": reason})
@@ -116,34 +136,23 @@ def _dropped(kind, reason):
 @stream_view
 def stream(label):
     """Live messages of a room as ``text/event-stream``, after a replay if asked for."""
-    config = current_app.config
     realtime = current_app.extensions["chat.realtime"]
     sock = request.environ.get("gunicorn.socket")
     if sock is None:
         abort(501, description="Event streams are served by gunicorn (see the Procfile).")
-    room = chat.find_room(label)
-    if room is None:
-        abort(404, description=f"There is no room {label!r}.")
     if realtime.draining:
         abort(503, description="The server is restarting.")
-    room = chat.RoomRef.of(room)
-    after = _resume_from()
     listener = StreamListener(OPTIONAL_KINDS & set(request.args.get("events", "").split(",")))
-    realtime.join(listener, room, after)
     try:
-        listener.stream = stream = EventStream(
-            sock,
-            (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
-            config["SOCKET_SEND_BUFFER"],
-            config["SSE_HEARTBEAT"],
-            on_drop=_dropped,
-        )
-        stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
-        realtime.start_delivery(listener, room, replay=after is not None)
-        stream.last_write = time.monotonic()
-        stream.wait_closed()
-    except db.StorageUnavailable:
-        stream.teardown()  # the head is out: the client sees the stream end, and retries
+        # Subscribed to the room's events before its latest id is read (see realtime.subscribe).
+        realtime.subscribe(listener, label)
+        room = chat.find_room(label)
+        if room is None:
+            abort(404, description=f"There is no room {label!r}.")
+        room = chat.RoomRef.of(room)
+        after = _resume_from()
+        realtime.join(listener, room, after)
+        _serve(listener, sock, room, after)
     finally:
         realtime.leave(listener)
     return _Answered()

@@ -26,7 +26,7 @@ PENDING_MAX = 1000
 class Listener:
     """Something the hub delivers to. Subclasses implement ``write`` and ``close``."""
 
-    __slots__ = ("fmt", "sent_id", "held", "channel", "kinds")
+    __slots__ = ("fmt", "sent_id", "held", "channel", "kinds", "subscription")
 
     def __init__(self, fmt, kinds=frozenset()):
         self.fmt = fmt  # which wire form it takes: "json", "html" or "sse"
@@ -34,6 +34,7 @@ class Listener:
         self.sent_id = 0
         self.held = None
         self.channel = None
+        self.subscription = None  # the room whose broker events it holds (see Realtime.subscribe)
 
     def write(self, data):
         """Send bytes without blocking (queue them if the peer is slow)."""

@@ -39,6 +39,9 @@ DELIVERY_LATENCY = Histogram(
 )
 DROPPED = Counter("chat_dropped_clients_total", "Clients cut off by the server.", ["reason"])
 REFUSED = Counter("chat_refused_total", "Refused messages and connections.", ["reason"])
+BROKER_EVENTS = Counter(
+    "chat_broker_events_received_total", "Events a worker received from the broker (only rooms it serves)."
+)
 BROKER_RECONNECTS = Counter("chat_broker_reconnects_total", "Times a worker re-subscribed to Redis after losing it.")
 REPLAYED = Counter("chat_replayed_messages_total", "Messages replayed to reconnecting clients.")
 RESETS = Counter("chat_replay_resets_total", "Clients told to reload history (more missed than replayed).")

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GAP_WAIT = 0.05  # a message that overtook another usually sees it arrive within this
 SWEEP_INTERVAL = 5.0
+SUBSCRIBE_WAIT = 1.0  # at most this long for Redis to confirm a room's subscription
 KEEPALIVE_TICK = 1.0
 
 
@@ -109,6 +110,7 @@ class Realtime:
         self.broker.publish(label, self.origin + json.dumps(event).encode())
 
     def _on_broker_event(self, raw):
+        metrics.BROKER_EVENTS.inc()
         if raw.startswith(self.origin):
             return  # our own, already delivered here (checked before any decoding)
         try:
@@ -125,11 +127,23 @@ class Realtime:
 
     # -- listening ------------------------------------------------------------------
 
+    def subscribe(self, listener, label):
+        """Make this worker receive ``label``'s events for as long as ``listener`` is
+        here (until ``leave``). Call it before reading the room from the database: the
+        first listener of a room on this worker subscribes, and this returns once the
+        subscription is confirmed (or at once if the broker is away: its resync will
+        catch up), so a message published after the read cannot pass this worker by."""
+        self.start()
+        if listener.subscription is None:
+            listener.subscription = label
+            self.broker.hold(label, SUBSCRIBE_WAIT)
+
     def join(self, listener, room, after=None):
         """Register ``listener`` for ``room`` now; what arrives is held until
         ``start_delivery``. Call it before the client can see its connection open, so
-        "live" starts no later than the client thinks it does."""
-        self.start()
+        "live" starts no later than the client thinks it does (and after ``subscribe``,
+        before the room was read)."""
+        self.subscribe(listener, room.label)
         self.hub.join(listener, room.label, room.id, room.last_message_id, after)
         self.serving.add(gevent.getcurrent())
         metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).inc()
@@ -160,6 +174,9 @@ class Realtime:
         if listener.channel is not None:
             self.hub.leave(listener)
             metrics.OPEN_CONNECTIONS.labels(metrics.KINDS[listener.fmt]).dec()
+        if listener.subscription is not None:
+            self.broker.release(listener.subscription)
+            listener.subscription = None
 
     def _missed(self, room_id, after_id):
         """What a room stored after ``after_id``: (rows, None), or, when that is more than

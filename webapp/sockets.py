@@ -96,26 +96,30 @@ def _join_before_handshake():
     # Shared frames are sent as they are to every socket (see webapp.websocket).
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     realtime = current_app.extensions["chat.realtime"]
+    if realtime.draining:
+        g.socket_refusal = (RESTARTING, "server restarting")
+        return
+    fmt = current_app.view_functions[request.endpoint].socket_format
+    if fmt == "html":
+        kinds, handle = EXTRA_KINDS, session.get("handle")
+    else:
+        kinds = EXTRA_KINDS & {kind.strip() for kind in request.args.get("events", "").split(",")}
+        handle = request.args.get("handle")
+    label = request.view_args.get("label", "")
+    g.socket_listener = listener = SocketListener(fmt, frozenset(kinds))
+    # Subscribed to the room's events before its latest id is read (see realtime.subscribe).
+    realtime.subscribe(listener, label)
     try:
-        room = chat.find_room(request.view_args.get("label", ""))
+        room = chat.find_room(label)
     except db.StorageUnavailable:
         g.socket_refusal = (INTERNAL_ERROR, "database unavailable")
         return
     if room is None:
         g.socket_refusal = (UNKNOWN_ROOM, "unknown room")
-    elif realtime.draining:
-        g.socket_refusal = (RESTARTING, "server restarting")
     else:
-        fmt = current_app.view_functions[request.endpoint].socket_format
-        if fmt == "html":
-            kinds, handle = EXTRA_KINDS, session.get("handle")
-        else:
-            kinds = EXTRA_KINDS & {kind.strip() for kind in request.args.get("events", "").split(",")}
-            handle = request.args.get("handle")
         g.socket_room = room = chat.RoomRef.of(room)
         g.socket_handle = _valid_handle(handle)
-        g.socket_listener = SocketListener(fmt, frozenset(kinds))
-        realtime.join(g.socket_listener, room, _last_id())
+        realtime.join(listener, room, _last_id())
 
 
 def _valid_handle(handle):

@@ -1,0 +1,93 @@
+"""A Redis Cluster for the broker: sharded pub/sub, so each room's traffic touches one shard.
+
+A room's channel hashes to a slot; the master serving that slot carries the room
+(``SPUBLISH`` is routed there, ``SSUBSCRIBE`` is made there). Plain ``PUBLISH`` would be
+broadcast to every node of the cluster.
+
+redis-py's ``ClusterPubSub`` was tried here first: after a master was SIGKILLed it kept
+reconnecting to the dead node until a command on the cluster client happened to refresh
+the slot map, and it moves subscriptions in a thread pool of its own. The broker instead
+keeps one plain subscriber connection per master (``NodeReader``, each read by its own
+greenlet) and, when one fails or its node gives a channel away (Redis sends
+``sunsubscribe`` when a slot moves or a master is demoted), asks the cluster for its slot
+map again and subscribes the channels where they now live. Publishing goes through
+``RedisCluster``, which follows ``MOVED``/``ASK`` and refreshes its map by itself.
+"""
+
+import logging
+
+import redis
+from redis.exceptions import RedisClusterException
+
+from .redis import SUBSCRIBER_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+class ClusterRedis:
+    """A Redis Cluster: each channel on the master serving its slot."""
+
+    sharded = True
+
+    def __init__(self, client):
+        self.client = client  # redis.RedisCluster
+
+    def node_for(self, channel):
+        """The ``host:port`` of the master serving ``channel``'s slot."""
+        return self.client.get_node_from_key(channel).name
+
+    def subscriber(self, node):
+        host, _, port = node.rpartition(":")
+        kwargs = self.client.get_default_node().redis_connection.connection_pool.connection_kwargs
+        return redis.Redis(host=host, port=int(port), username=kwargs.get("username"),
+                           password=kwargs.get("password"), **SUBSCRIBER_OPTIONS)
+
+    def publish(self, batch):
+        """Send ``[(channel, payload)]`` in one pipeline; if a node fails, send one by one
+        and return what its nodes could not take (in order), to be sent again."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for channel, payload in batch:
+                pipe.spublish(channel, payload)
+            pipe.execute()
+            return []
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            log.debug("pipelined SPUBLISH failed (%s); sending one by one", exc)
+        kept, away = [], set()
+        for channel, payload in batch:
+            try:
+                node = self.node_for(channel)
+            except (redis.RedisError, RedisClusterException, OSError):
+                node = None  # its slot is not served right now
+            if node is not None and node not in away:
+                try:
+                    self.client.spublish(channel, payload)
+                    continue
+                except (redis.RedisError, RedisClusterException, OSError):
+                    away.add(node)
+            kept.append((channel, payload))
+        return kept
+
+    def refresh(self):
+        """Ask the cluster for its slot map again (after a failover or a slot move)."""
+        self.client.nodes_manager.initialize()
+
+    def healthy(self):
+        """The cluster says ``cluster_state:ok`` (asked of the first master that answers)."""
+        for node in self.client.get_primaries():
+            try:
+                info = node.redis_connection.execute_command("CLUSTER INFO")
+            except (redis.RedisError, OSError):
+                continue
+            return _cluster_state(info) == "ok"
+        return False
+
+
+def _cluster_state(info):
+    if isinstance(info, dict):
+        return info.get("cluster_state")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("cluster_state:"):
+            return line.split(":", 1)[1].strip()
+    return None
