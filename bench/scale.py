@@ -40,18 +40,28 @@ PRESETS = {
 }
 
 
+def _ints(text):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+# flag, type, help: the defaults come from PRESETS (quick or full).
+OPTIONS = (
+    ("--scale-servers", _ints, "server counts for deliveries/s as servers are added, e.g. 1,2,3"),
+    ("--scale-seconds", float, "seconds per scale measurement"),
+    ("--scale-rate", float, "messages/s on the loaded server (foreign-room share)"),
+    ("--scale-added-rate", float, "messages/s per server as servers are added"),
+    ("--scale-members", int, "members per room"),
+    ("--scale-rooms", int, "rooms per loaded server"),
+    ("--pg-rates", _ints, "pg-servers: message rates to try (messages/s)"),
+    ("--pg-seconds", float, "pg-servers: seconds per rate"),
+)
+
+
 def add_arguments(parser):
-    """This module's options (defaults come from PRESETS, quick or full)."""
+    """This module's options."""
     group = parser.add_argument_group("scale-out scenarios (scale, pg-servers)")
-    ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
-    group.add_argument("--scale-servers", type=ints, help="server counts for deliveries/s as servers are added")
-    group.add_argument("--scale-seconds", type=float, help="seconds per scale measurement")
-    group.add_argument("--scale-rate", type=float, help="messages/s on the loaded server (foreign-room share)")
-    group.add_argument("--scale-added-rate", type=float, help="messages/s per server as servers are added")
-    group.add_argument("--scale-members", type=int, help="members per room")
-    group.add_argument("--scale-rooms", type=int, help="rooms per loaded server")
-    group.add_argument("--pg-rates", type=ints, help="pg-servers: message rates to try (messages/s)")
-    group.add_argument("--pg-seconds", type=float, help="pg-servers: seconds per rate")
+    for flag, kind, text in OPTIONS:
+        group.add_argument(flag, type=kind, help=text)
 
 
 def _options(args):
