@@ -242,7 +242,9 @@ class LiveServer:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.alive():
-            self.process.send_signal(sig)
+            # A wrapper (unshare) may ignore the signal: gunicorn's master gets it then.
+            for pid in (self.worker_pids() if self.wrapper else [self.process.pid]):
+                os.kill(pid, sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

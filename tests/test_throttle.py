@@ -5,6 +5,7 @@ import logging
 import uuid
 
 import pytest
+import redis
 
 from webapp.settings import Rate
 from webapp.throttle import CLOSED, OPEN, SharedWindows, Throttle, redis_storage
@@ -57,10 +58,12 @@ def test_a_shared_limit_counts_across_workers_on_a_redis_cluster(redis_cluster):
     for address in addresses:
         assert [one.hit("address", address), two.hit("address", address), one.hit("address", address)] == [True] * 3
         assert two.hit("address", address) is False
-    keys = [key.decode() for node in redis_cluster.masters() for key in node.client().keys(f"{prefix}:limits:*")]
-    assert len(keys) == len(addresses)
-    holding = {node.port for node in redis_cluster.masters() if node.client().keys(f"{prefix}:limits:*")}
-    assert len(holding) == 3  # the addresses' windows spread over every master
+    cluster = redis.RedisCluster.from_url(redis_cluster.url)
+    keys = [f"{prefix}:limits:address/{address}/3/60/second" for address in addresses]
+    assert all(cluster.exists(key) for key in keys)
+    # the addresses' windows are spread over every master
+    assert len({cluster.get_node_from_key(key).port for key in keys}) == 3
+    cluster.close()
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
