@@ -2,6 +2,8 @@
 hold them, and what each limit does while Redis is away."""
 
 import logging
+import signal
+import time
 import uuid
 
 import pytest
@@ -43,10 +45,12 @@ def test_a_shared_limit_counts_across_workers_and_each_limit_survives_an_outage(
     assert len(_events(caplog, "rate_limits_unshared")) == 2  # once per worker, not per message
 
     own_redis.start()
-    wait_for(lambda: one.hit("address", uuid.uuid4().hex) and _events(caplog, "rate_limits_shared"), timeout=5,
+    wait_for(lambda: one.hit("address", uuid.uuid4().hex) and not one.shared.down, timeout=5,
              message="counted in Redis again")
+    assert len(_events(caplog, "rate_limits_shared")) == 1
     assert [one.hit("address", "d"), one.hit("address", "d"), one.hit("address", "d")] == [True] * 3
-    wait_for(lambda: two.test("address", uuid.uuid4().hex), timeout=5, message="the other worker back too")
+    wait_for(lambda: two.test("address", uuid.uuid4().hex) and not two.shared.down, timeout=5,
+             message="the other worker back too")
     assert two.hit("address", "d") is False
     assert len(_events(caplog, "rate_limits_unshared")) == 2
 
@@ -71,3 +75,22 @@ def test_a_redis_that_never_answered_leaves_every_limit_to_its_fallback(url):
     throttle = _worker(url, "t")
     assert [throttle.hit("address", "a") for _ in range(4)] == [True] * 3 + [False]
     assert throttle.hit("strict", "a") is False and throttle.hit("lenient", "a") is True
+
+
+def test_a_redis_that_stops_answering_holds_a_sender_once_at_most_briefly(own_redis):
+    throttle = _worker(own_redis.url, "t", retry=0.1)
+    assert throttle.hit("address", "a")
+    own_redis.process.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
+    try:
+        started = time.monotonic()
+        assert throttle.hit("address", "a")
+        assert time.monotonic() - started < 1.5  # its socket timeout, or the deadline
+        for _ in range(5):  # Redis is known to be away: probes run aside, senders never wait
+            time.sleep(0.15)
+            started = time.monotonic()
+            assert throttle.hit("address", uuid.uuid4().hex)
+            assert time.monotonic() - started < 0.1
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: throttle.hit("address", uuid.uuid4().hex) and not throttle.shared.down, timeout=5,
+             message="counted in Redis again")

@@ -14,8 +14,9 @@ where it is counted:
 A shared limit also says what happens while Redis cannot be reached (``when_unreachable``):
 ``LOCAL`` counts in this worker's memory meanwhile (the limit then holds per worker, as
 if every worker were the only one), ``CLOSED`` refuses, ``OPEN`` allows. The change is
-logged once, and so is the way back; Redis is asked again at most every ``RETRY``
-seconds, so an outage costs one failed call per interval, not one per message.
+logged once, and so is the way back. A sender waits on Redis at most ``DEADLINE``, and
+only until Redis is known to be away; then one background probe every ``RETRY`` seconds
+asks again, so an outage costs senders nothing more.
 
 RATE_LIMIT ``N/S`` allows N messages in any S seconds on one socket; one client address
 may send ten times that across all its sockets and form or API posts together (an HTTP
@@ -26,6 +27,7 @@ import logging
 import time
 from urllib.parse import urlsplit
 
+import gevent
 from limits import RateLimitItemPerSecond
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 LOCAL, CLOSED, OPEN = "local", "closed", "open"
 RETRY = 5.0  # seconds between attempts to reach Redis again
+DEADLINE = 1.0  # the longest a sender waits on Redis for a limit
 # Fail fast: a sender waits on this at most once per RETRY while Redis is away.
 STORAGE_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
@@ -55,37 +58,58 @@ def redis_storage(url, prefix):
                                require_full_coverage=False, **options)
 
 
+class _Deadline(Exception):
+    """Redis did not answer within DEADLINE."""
+
+
 class SharedWindows:
-    """Moving windows in Redis, with this worker's memory to stand in while it is away."""
+    """Moving windows in Redis, with this worker's memory to stand in while it is away.
+
+    A sender waits on Redis for at most DEADLINE, and only until Redis is known to be away:
+    from then on, limits use their fallback at once while one background probe every
+    ``retry`` seconds asks Redis again (a cluster failing over can otherwise hold a call
+    for seconds of its own retries)."""
 
     def __init__(self, make_storage, retry=RETRY):
         self._make_storage = make_storage
         self._retry = retry
         self._limiter = None
-        self._down = False
+        self.down = False
+        self._probing = False
         self._retry_at = 0.0
         self.fallback = MovingWindowRateLimiter(MemoryStorage())
 
     def call(self, method, item, *identifiers):
         """``limiter.<method>(item, *identifiers)`` in Redis, or None when Redis is away."""
-        now = time.monotonic()
-        if self._down and now < self._retry_at:
-            return None
-        self._retry_at = now + self._retry  # meanwhile, other callers do not wait on Redis too
+        if not self.down:
+            return self._attempt(method, item, identifiers)
+        if not self._probing and time.monotonic() >= self._retry_at:
+            self._probing = True
+            gevent.spawn(self._probe, item, identifiers)
+        return None
+
+    def _attempt(self, method, item, identifiers):
         try:
-            if self._limiter is None:
-                self._limiter = MovingWindowRateLimiter(self._make_storage())
-            result = getattr(self._limiter, method)(item, *identifiers)
-        except (StorageError, *REDIS_ERRORS) as exc:
-            if not self._down:
-                self._down = True
+            with gevent.Timeout(DEADLINE, _Deadline):
+                if self._limiter is None:
+                    self._limiter = MovingWindowRateLimiter(self._make_storage())
+                return getattr(self._limiter, method)(item, *identifiers)
+        except (_Deadline, StorageError, *REDIS_ERRORS) as exc:
+            self._retry_at = time.monotonic() + self._retry
+            if not self.down:
+                self.down = True
                 log.warning("rate limits cannot reach Redis; each limit now does what it says when "
-                            "Redis is unreachable", extra={"event": "rate_limits_unshared", "error": str(exc)})
+                            "Redis is unreachable", extra={"event": "rate_limits_unshared", "error": repr(exc)})
             return None
-        if self._down:
-            self._down = False
-            log.info("rate limits counted in Redis again", extra={"event": "rate_limits_shared"})
-        return result
+
+    def _probe(self, item, identifiers):
+        """Ask Redis again (without counting anything); back to it if it answers."""
+        try:
+            if self._attempt("test", item, identifiers) is not None:
+                self.down = False
+                log.info("rate limits counted in Redis again", extra={"event": "rate_limits_shared"})
+        finally:
+            self._probing = False
 
 
 class Throttle:
@@ -94,14 +118,14 @@ class Throttle:
     def __init__(self, shared=None):
         """``shared``: SharedWindows for the shared limits (None: every limit is local)."""
         self._local = MovingWindowRateLimiter(MemoryStorage())
-        self._shared = shared
+        self.shared = shared
         self._limits = {}  # name -> (item, limiter name, when_unreachable)
 
     def add(self, name, rate, shared=True, when_unreachable=LOCAL):
         """Declare limit ``name``: ``rate`` (settings.Rate) per key; a rate of 0 is no limit."""
         if rate.enabled:
             item = RateLimitItemPerSecond(rate.count, rate.seconds, namespace=name)
-            self._limits[name] = (item, shared and self._shared is not None, when_unreachable)
+            self._limits[name] = (item, shared and self.shared is not None, when_unreachable)
 
     def hit(self, name, *key):
         """Count one event for ``key``; False (and nothing counted) when over the limit."""
@@ -122,11 +146,11 @@ class Throttle:
         item, shared, when_unreachable = self._limits[name]
         if not shared:
             return getattr(self._local, method)(item, *key)
-        allowed = self._shared.call(method, item, *key)
+        allowed = self.shared.call(method, item, *key)
         if allowed is not None:
             return allowed
         if when_unreachable == LOCAL:
-            return getattr(self._shared.fallback, method)(item, *key)
+            return getattr(self.shared.fallback, method)(item, *key)
         return when_unreachable == OPEN
 
     # -- the message path's limits -------------------------------------------------------
