@@ -1,7 +1,12 @@
-"""Leases (the entries behind presence and connection caps) in a real Redis Cluster: every
-key on its own master, and entries a failover lost written again by the next refresh."""
+"""Leases (the entries behind presence and connection caps) against a real Redis Cluster
+(every key on its own master, entries a failover lost written again by the next refresh)
+and a real redis-server that stops answering."""
 
+import signal
+import time
 import uuid
+
+import pytest
 
 from webapp.leases import REDIS_ERRORS, Leases
 
@@ -52,3 +57,23 @@ def test_leases_on_every_master_come_back_after_a_failover(redis_cluster):
         assert leases.live_many(keys)[keys.index(victim)] == [f"{victim}-b"]
     finally:
         redis_cluster.restart(dead)
+
+
+def test_a_frozen_redis_holds_one_caller_briefly_then_none_until_a_refresh_finds_it_back(own_redis):
+    leases = Leases(own_redis.url, ttl=30)
+    leases.add("k", "a")
+    own_redis.process.send_signal(signal.SIGSTOP)  # connections stay open, nothing answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(REDIS_ERRORS):
+            leases.add("k", "b")
+        assert time.monotonic() - started < 1.5
+        started = time.monotonic()
+        for member in ("c", "d", "e"):  # known to be away: no caller waits
+            with pytest.raises(REDIS_ERRORS):
+                leases.add("k", member)
+        assert time.monotonic() - started < 0.1
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    assert leases.refresh() == ["k"]  # a refresh asks anyway, and writes what was held
+    assert leases.live("k") == ["a", "b", "c", "d", "e"]

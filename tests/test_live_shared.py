@@ -44,8 +44,11 @@ def test_presence_and_connection_counts_come_back_after_a_redis_restart(live, ow
     own_redis.kill()
     own_redis.start()  # same port, empty: every entry is gone
     assert own_redis.client().dbsize() == 0
-    # Within one refresh (PRESENCE_TTL / 3 = 1 s) ann is listed again and the three
-    # connections count again, though nobody reconnected.
+    # Within one refresh (PRESENCE_TTL / 3 = 1 s) ann is listed in Redis again and the
+    # three connections count there again, though nobody reconnected.
+    redis = own_redis.client()
+    wait_for(lambda: redis.zcard("chat:presence:restart") == 1, timeout=8, message="ann in Redis again")
+    wait_for(lambda: redis.zcard("chat:conns:127.0.0.1") == 3, timeout=8, message="three connections in Redis again")
     wait_for(lambda: _here(server, "restart") == 1, timeout=8, message="ann listed again")
     wait_for(lambda: _refused(url), timeout=8, message="the cap counting the open sockets again")
     assert ann.ws.closed is None

@@ -69,7 +69,8 @@ class RedisAdmission(LocalAdmission):
         key = self._prefix + address
         member = f"{process_id()}:{next(self._ids)}"
         try:
-            admitted = self._leases.script(ADMIT)(keys=[key], args=[self.limit, member, self._leases.ttl])
+            with self._leases.calling():
+                admitted = self._leases.script(ADMIT)(keys=[key], args=[self.limit, member, self._leases.ttl])
             self._failed(None)
         except REDIS_ERRORS as exc:
             self._failed(exc)
@@ -87,7 +88,8 @@ class RedisAdmission(LocalAdmission):
         _, key, member = token
         if self._leases.release(key, member):
             try:
-                self._leases.client().zrem(key, member)
+                with self._leases.calling():
+                    self._leases.client().zrem(key, member)
             except REDIS_ERRORS:
                 pass  # it lapses within the TTL
 

@@ -12,6 +12,10 @@ Member ids begin with a random id drawn once per process: pids are no id across 
 (every container's first worker may be pid 2), and two servers sharing a member would
 remove each other's entries.
 
+A caller waits on Redis at most ``DEADLINE``; after a failure, calls fail at once for
+``AWAY`` seconds (callers fall back to this process's own records) while refreshes keep
+asking, so an outage does not slow every handshake down.
+
 On a Redis Cluster every command here touches exactly one key (sets need no hash tag:
 none is ever read together with another); scripts take that one key; pipelines hold only
 plain single-key commands, which redis-py's cluster pipeline sends to each key's node
@@ -21,7 +25,10 @@ plain single-key commands, which redis-py's cluster pipeline sends to each key's
 import logging
 import os
 import secrets
+import time
+from contextlib import contextmanager
 
+import gevent
 import redis
 from redis.exceptions import RedisClusterException
 
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # What a call to Redis (or a Redis Cluster) may raise when it is away or failing over.
 REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+DEADLINE = 1.0  # the longest a caller waits on Redis (a cluster's own retries take longer)
+AWAY = 5.0  # after a failure, callers fall back at once for this long (refreshes still ask)
 
 _process = {"pid": None, "id": None}
 
@@ -68,6 +77,21 @@ class Leases:
         self.connector = RedisConnector(url, decode_responses=True)
         self._held = {}  # key -> set of this process's members
         self._scripts = {}
+        self._away_until = 0.0
+
+    @contextmanager
+    def calling(self, refresh=False):
+        """Around every call to Redis: a deadline, and no call at all (one of REDIS_ERRORS
+        at once) for ``AWAY`` seconds after a failure, unless it is a refresh."""
+        if not refresh and time.monotonic() < self._away_until:
+            raise redis.ConnectionError("Redis failed a moment ago; not asked again yet")
+        try:
+            with gevent.Timeout(DEADLINE, redis.TimeoutError(f"no answer from Redis within {DEADLINE} s")):
+                yield
+        except REDIS_ERRORS:
+            self._away_until = time.monotonic() + AWAY
+            raise
+        self._away_until = 0.0
 
     def client(self):
         """The Redis client; raises one of REDIS_ERRORS while Redis cannot be reached."""
@@ -100,26 +124,30 @@ class Leases:
         if replaces is not None:
             self.release(key, replaces)
         self.hold(key, member)
-        self.script(ADD)(keys=[key], args=[self.ttl, member] + ([replaces] if replaces is not None else []))
+        with self.calling():
+            self.script(ADD)(keys=[key], args=[self.ttl, member] + ([replaces] if replaces is not None else []))
 
     def remove(self, key, member):
         """Release ``member`` and delete it from Redis now (if that fails it lapses)."""
         self.release(key, member)
-        self.client().zrem(key, member)
+        with self.calling():
+            self.client().zrem(key, member)
 
     def live(self, key):
         """The live members of ``key`` (lapsed ones are dropped). Raises REDIS_ERRORS."""
-        return self.script(LIVE)(keys=[key])
+        with self.calling():
+            return self.script(LIVE)(keys=[key])
 
     def live_many(self, keys):
         """The live members of each key, in one round trip per node. Raises REDIS_ERRORS."""
-        client = self.client()
-        seconds, micros = client.time()
-        now = seconds + micros / 1e6
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.zrangebyscore(key, now, "+inf")
-            return pipe.execute()
+        with self.calling():
+            client = self.client()
+            seconds, micros = client.time()
+            now = seconds + micros / 1e6
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrangebyscore(key, now, "+inf")
+                return pipe.execute()
 
     def refresh(self):
         """Write every held member again, expiring a TTL from now. Return the keys where
@@ -127,17 +155,18 @@ class Leases:
         held = {key: sorted(members) for key, members in self._held.items()}
         if not held:
             return []
-        client = self.client()
-        seconds, micros = client.time()
-        expires = seconds + micros / 1e6 + self.ttl
-        with client.pipeline(transaction=False) as pipe:
-            for key, members in held.items():
-                pipe.zadd(key, dict.fromkeys(members, expires))
-                pipe.expire(key, int(self.ttl * 2) + 1)
-            replies = pipe.execute()
-        # A member released while the refresh was on its way may have been written back.
-        gone = [(key, member) for key, members in held.items() for member in members
-                if member not in self._held.get(key, ())]
-        for key, member in gone:
-            client.zrem(key, member)
+        with self.calling(refresh=True):
+            client = self.client()
+            seconds, micros = client.time()
+            expires = seconds + micros / 1e6 + self.ttl
+            with client.pipeline(transaction=False) as pipe:
+                for key, members in held.items():
+                    pipe.zadd(key, dict.fromkeys(members, expires))
+                    pipe.expire(key, int(self.ttl * 2) + 1)
+                replies = pipe.execute()
+            # A member released while the refresh was on its way may have been written back.
+            gone = [(key, member) for key, members in held.items() for member in members
+                    if member not in self._held.get(key, ())]
+            for key, member in gone:
+                client.zrem(key, member)
         return [key for key, added in zip(held, replies[::2], strict=True) if added]
