@@ -87,10 +87,10 @@ class Participant:
 
     def stop(self):
         self.stopping = True
+        if self._reader:
+            self._reader.kill()  # first: the close below reads the socket too
         if self.client:
             self.client.close()
-        if self._reader:
-            self._reader.kill()
 
 
 def stored_messages(base_url, label):

@@ -100,10 +100,10 @@ def live(tmp_path):
     """Start real gunicorn servers: ``live(**env)``; all are stopped after the test."""
     servers = []
 
-    def start(name="server", database_url=None, port=None, **env):
+    def start(name="server", database_url=None, port=None, healthy=True, **env):
         server = LiveServer(tmp_path, env=env, database_url=database_url, port=port, name=name)
         servers.append(server)
-        return server.start()
+        return server.start(healthy=healthy)
 
     yield start
     for server in servers:

@@ -166,6 +166,20 @@ class RedisCluster:
         return [(start, end) for start, end, master, *_ in node.client().execute_command("CLUSTER SLOTS")
                 if int(master[1]) == node.port]
 
+    def move_slot(self, key, target):
+        """Move ``key``'s slot (keyless, as pub/sub channels are) to master ``target`` the
+        way a resharding does: importing, migrating, then the new owner told to every
+        master. Returns the master it left."""
+        source = self.master_for(key)
+        slot = source.client().cluster("keyslot", key)
+        source_id, target_id = (node.client().execute_command("CLUSTER MYID").decode() for node in (source, target))
+        target.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        for node in (target, source, *[m for m in self.masters() if m not in (source, target)]):
+            node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        self.wait_ok()
+        return source
+
     def kill_master(self, node=None):
         """SIGKILL a master (the first one if not given); return it."""
         node = node or self.masters()[0]

@@ -180,23 +180,28 @@ class LiveServer:
     def ws_url(self, path):
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, healthy=True):
+        """Run the release line, then gunicorn; wait until /healthz says 200 (or, with
+        ``healthy=False``, until it answers at all: for a server started while a part it
+        needs is down)."""
         commands = procfile()
         subprocess.run(shlex.split(commands["release"]), cwd=PROJECT, env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.wrapper + shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
                                         stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        wait_for(self._healthy, timeout=timeout, message=f"gunicorn on {self.port} ({self.log_path})")
+        wait_for(lambda: self._healthy(answering=not healthy), timeout=timeout,
+                 message=f"gunicorn on {self.port} ({self.log_path})")
         workers = int(self.env.get("WEB_CONCURRENCY", "1"))
         wait_for(lambda: len(self.worker_pids()) >= workers, timeout=timeout, message="workers")
         return self
 
-    def _healthy(self):
+    def _healthy(self, answering=False):
         if self.process.poll() is not None:
             raise AssertionError(f"gunicorn exited ({self.process.returncode}):\n{self.log()}")
         try:
-            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            status = requests.get(self.url + "/healthz", timeout=1).status_code
+            return status in (200, 503) if answering else status == 200
         except requests.RequestException:
             return False
 

@@ -13,7 +13,8 @@ import pytest
 
 from webapp.broker import InProcessBroker, RedisBroker
 
-from .support import wait_for
+from .chaos import TCPProxy
+from .support import free_port, wait_for
 
 ROOMS = [f"room-{n}" for n in range(12)]  # enough to land on every master of the cluster
 
@@ -53,7 +54,8 @@ def pair(request):
 
 def started(pair, rooms=("lobby",)):
     subscribers = [Subscriber(broker, rooms) for broker in pair]
-    wait_for(lambda: all(s.resyncs for s in subscribers), message="subscriptions")
+    wait_for(lambda: all(s.resyncs and getattr(s.broker, "connected", True) for s in subscribers),
+             message="subscriptions")
     return subscribers
 
 
@@ -181,20 +183,35 @@ def test_a_full_publish_queue_keeps_the_newest_copies_and_says_so_once(redis_pai
 
 def test_subscribers_come_back_by_themselves_and_resync(redis_pair):
     server, pair = redis_pair
-    # The publisher backs off longer than the subscriber, so its kept event is sent after
-    # the subscription is back (pub/sub keeps nothing for a subscriber that is away).
-    pair[0].backoff_max = 1.0
     first, second = started(pair, ["lobby", "kitchen"])
     resyncs = second.resyncs
     server.kill()
     gevent.sleep(0.5)
-    pair[0].publish("lobby", b"kept while Redis was down")
     server.start()
-    wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription within 5 s")
-    # the publisher kept what it could not send, and sends it once Redis is back
-    wait_for(lambda: b"kept while Redis was down" in second.events, timeout=5, message="kept event")
-    pair[0].publish("kitchen", b"after")  # every room's subscription is back
-    wait_for(lambda: b"after" in second.events, message="delivery after the outage")
+    wait_for(lambda: second.resyncs > resyncs and pair[1].connected, timeout=5, message="re-subscription within 5 s")
+    for room in ("lobby", "kitchen"):  # every room's subscription is back
+        pair[0].publish(room, b"after in " + room.encode())
+    wait_for(lambda: {b"after in lobby", b"after in kitchen"} <= set(second.events),
+             message="delivery after the outage")
+
+
+def test_what_could_not_be_published_is_kept_and_sent_once_redis_answers(redis_server):
+    proxy = TCPProxy(("127.0.0.1", redis_server.port), free_port()).start()
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    publisher = RedisBroker(f"redis://127.0.0.1:{proxy.port}/0", prefix, backoff_max=0.2)
+    subscriber = RedisBroker(redis_server.url, prefix, backoff_max=0.2)
+    try:
+        _, second = started((publisher, subscriber))
+        proxy.cut()  # the publisher alone loses Redis
+        publisher.publish("lobby", b"kept while Redis was away")
+        gevent.sleep(0.5)
+        assert second.events == []
+        proxy.restore()
+        wait_for(lambda: b"kept while Redis was away" in second.events, timeout=5, message="the kept event")
+    finally:
+        publisher.stop()
+        subscriber.stop()
+        proxy.cut()
 
 
 def test_a_redis_down_at_start_up_is_joined_when_it_answers(own_redis):
@@ -215,6 +232,35 @@ def test_a_dropped_subscriber_reconnects_and_resyncs(redis_pair):
     resyncs = second.resyncs
     # What Redis does to a subscriber whose output buffer overflows.
     server.client().client_kill_filter(_type="pubsub")
-    wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription")
+    wait_for(lambda: second.resyncs > resyncs and pair[1].connected, timeout=5, message="re-subscription")
     pair[0].publish("lobby", b"still here")
     wait_for(lambda: b"still here" in second.events, message="delivery after the drop")
+
+
+# -- Redis Cluster: slots that move ------------------------------------------------------
+
+
+def test_a_room_whose_slot_moves_to_another_master_follows_it(redis_cluster):
+    """Bad input: MOVED mid-operation is followed, never an error: a room whose slot moves
+    keeps its events flowing (the old owner gives the channel away; the broker finds the
+    new one and catches up)."""
+    pair = _redis_pair(redis_cluster.url)
+    try:
+        room = f"moving-{uuid.uuid4().hex[:6]}"
+        first, second = started(pair, [room])
+        channel = pair[0].channel(room)
+        pair[0].publish(room, b"before")
+        wait_for(lambda: b"before" in second.events, message="delivery before the move")
+        resyncs = second.resyncs
+        source = redis_cluster.master_for(channel)
+        target = next(node for node in redis_cluster.masters() if node is not source)
+        redis_cluster.move_slot(channel, target)
+        wait_for(lambda: second.resyncs > resyncs, timeout=5, message="re-subscription on the new owner")
+        assert redis_cluster.master_for(channel) is target
+        pair[0].publish(room, b"after")  # the publisher's map still names the old owner: MOVED
+        wait_for(lambda: b"after" in second.events and b"after" in first.events, message="delivery after the move")
+        wait_for(lambda: all(broker.healthy() for broker in pair), message="healthy")
+        redis_cluster.move_slot(channel, source)
+    finally:
+        for broker in pair:
+            broker.stop()

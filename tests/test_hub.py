@@ -1,6 +1,6 @@
 """The per-worker hub: order, no gaps, no duplicates, encode once, replay hand-off."""
 
-from webapp.hub import Hub, Listener
+from webapp.hub import PENDING_MAX, Hub, Listener
 
 
 class Recorder(Listener):
@@ -183,3 +183,30 @@ def test_other_events_go_only_to_listeners_that_asked():
     h.join(curious, "lobby", 1, latest_id=0)
     h.hub.broadcast("lobby", "presence", {"here": ["a"]})
     assert plain.got == [] and curious.got == [("json", "presence", {"here": ["a"]})]
+
+
+def test_a_reset_reaches_a_listener_that_was_still_replaying():
+    """README: no gap: a listener joining while its room is reset gets the reset after its replay."""
+    h = Harness()
+    ready, replaying = Recorder(), Recorder()
+    h.join(ready, "lobby", 1, latest_id=10)
+    h.hub.join(replaying, "lobby", 1, latest_id=10)  # still writing its replay
+    h.hub.reset(h.hub.channels["lobby"], 900, {"latest": 900})
+    h.hub.finish_replay(replaying)
+    assert [data[1] for data in replaying.got] == ["reset"]
+    assert replaying.sent_id == 900
+    h.message("lobby", 901, 900)
+    assert ids(replaying) == ids(ready) == [901]
+
+
+def test_pending_messages_are_bounded_while_the_gap_stays_open():
+    h = Harness()
+    a = Recorder()
+    h.join(a, "lobby", 1, latest_id=10)
+    for message_id in range(12, 12 + PENDING_MAX * 3):  # 11 never comes; the database is away
+        h.message("lobby", message_id, message_id - 1)
+    channel = h.hub.channels["lobby"]
+    assert len(channel.pending) <= PENDING_MAX
+    assert channel.known_latest == 11 + PENDING_MAX * 3  # the catch-up knows how far to read
+    h.hub.catch_up(channel, [(i, {"id": i}) for i in range(11, 12 + PENDING_MAX * 3)])
+    assert ids(a) == list(range(11, 12 + PENDING_MAX * 3)) and channel.pending == {}

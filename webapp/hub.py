@@ -8,8 +8,10 @@ to its listeners in id order, each exactly once:
   message whose ``prev`` is not the last one delivered waits in ``pending`` while the
   caller fetches what is missing from the database (``request_catch_up``);
 * each listener has a watermark (``sent_id``) and never receives an id at or below it;
-* a listener that is replaying history holds live messages back until the replay is
-  written, then drops the ones the replay already covered.
+* a listener that is replaying history holds live messages (and resets) back until the
+  replay is written, then drops the ones the replay already covered;
+* at most ``PENDING_MAX`` messages wait per room: beyond that, the catch-up reads them
+  from the database (``known_latest`` says how far).
 
 Each wire form (JSON frame, htmx frame, event-stream chunk) of a message is encoded once
 per worker, and every listener of that form gets the same bytes. Nothing here blocks or
@@ -51,7 +53,8 @@ class Listener:
 class Channel:
     """One room as this worker sees it: listeners, and the last id delivered to them."""
 
-    __slots__ = ("label", "room_id", "last_id", "known_latest", "listeners", "pending", "catching_up")
+    __slots__ = ("label", "room_id", "last_id", "known_latest", "listeners", "pending", "catching_up",
+                 "catch_up_failures")
 
     def __init__(self, label, room_id, last_id):
         self.label = label
@@ -61,6 +64,7 @@ class Channel:
         self.listeners = set()
         self.pending = {}  # id -> (prev, payload): arrived ahead of a missing message
         self.catching_up = False
+        self.catch_up_failures = 0  # in a row: the owner backs off on them
 
 
 class Hub:
@@ -129,8 +133,12 @@ class Hub:
             return
         if prev_id != channel.last_id:
             log.debug("room %s: %d arrived before %d; holding it", label, message_id, prev_id)
-            channel.pending[message_id] = (prev_id, payload)
-            if len(channel.pending) == 1 or len(channel.pending) > PENDING_MAX:
+            channel.known_latest = max(channel.known_latest, message_id)
+            if len(channel.pending) < PENDING_MAX:
+                # Beyond the bound, a message is not kept: the catch-up reads it (and
+                # everything up to known_latest) from the database anyway.
+                channel.pending[message_id] = (prev_id, payload)
+            if len(channel.pending) == 1 or len(channel.pending) >= PENDING_MAX:
                 self._request_catch_up(channel)
             return
         self._deliver(channel, message_id, "message", payload)
@@ -147,9 +155,13 @@ class Hub:
         self._deliver_pending(channel)
 
     def reset(self, channel, latest_id, payload):
-        """More was missed than replay may send: tell every listener, move on to live."""
+        """More was missed than replay may send: tell every listener, move on to live.
+        A listener still writing its replay gets the reset after it (unless the replay
+        already went as far), like any message that arrives meanwhile."""
         for listener in channel.listeners:
-            if listener.held is None and latest_id > listener.sent_id:
+            if listener.held is not None:
+                listener.held.append((latest_id, "reset", payload))
+            elif latest_id > listener.sent_id:
                 listener.write(self._encode(listener.fmt, "reset", payload))
                 listener.sent_id = latest_id
         channel.last_id = max(channel.last_id, latest_id)

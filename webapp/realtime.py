@@ -2,10 +2,12 @@
 
 * ``publish_message`` (called by ``chat.send`` after the commit) hands the message to
   this worker's hub at once and to the broker for every other worker and server.
-* ``join`` registers a listener with the hub *first* (before the client sees its
-  connection open); ``start_delivery`` then replays what it missed from the database
-  and lets the hub send what arrived meanwhile, skipping ids already sent: no gap, no
-  duplicate.
+* ``subscribe`` makes this worker receive a room's events while a listener of it is
+  here (the broker subscribes per room), confirmed before the room is read from the
+  database; ``join`` then registers the listener with the hub *first* (before the
+  client sees its connection open); ``start_delivery`` replays what it missed from the
+  database and lets the hub send what arrived meanwhile, skipping ids already sent: no
+  gap, no duplicate.
 * Catch-up: whenever the hub sees a gap (or the broker re-subscribes, or the periodic
   sweep finds the database ahead of a room), the missing messages are read by id from
   the database. Pub/sub is only the fast path.
@@ -200,9 +202,10 @@ class Realtime:
             gevent.spawn(self._catch_up, channel)
 
     def _catch_up(self, channel):
-        """Read what ``channel`` misses (after a short wait for stragglers) and deliver it."""
+        """Read what ``channel`` misses (after a short wait for stragglers, longer after
+        each failed read) and deliver it."""
         try:
-            gevent.sleep(GAP_WAIT)
+            gevent.sleep(min(GAP_WAIT * 2**channel.catch_up_failures, SWEEP_INTERVAL))
             if self.hub.channels.get(channel.label) is not channel:
                 return
             if not channel.pending and channel.known_latest <= channel.last_id:
@@ -218,9 +221,12 @@ class Realtime:
                 metrics.CATCH_UPS.inc()
                 self.hub.catch_up(channel, [(row.id, row.as_dict(channel.label)) for row in rows])
             channel.known_latest = max(channel.known_latest, channel.last_id)
+            channel.catch_up_failures = 0
         except db.StorageUnavailable as exc:
-            log.warning("catch-up failed; the sweep will retry",
-                        extra={"event": "catch_up_failed", "room": channel.label, "error": str(exc)})
+            channel.catch_up_failures += 1
+            log.warning("catch-up failed; retrying later", extra={
+                "event": "catch_up_failed", "room": channel.label, "error": str(exc),
+                "failures": channel.catch_up_failures})
         finally:
             channel.catching_up = False
         if channel.pending and self.hub.channels.get(channel.label) is channel:
