@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LOCAL, CLOSED, OPEN = "local", "closed", "open"
 RETRY = 5.0  # seconds between attempts to reach Redis again
 DEADLINE = 1.0  # the longest a sender waits on Redis for a limit
-# Fail fast: a sender waits on this at most once per RETRY while Redis is away.
+# Fail fast: one socket wait, well inside DEADLINE.
 STORAGE_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
@@ -119,7 +119,7 @@ class Throttle:
         """``shared``: SharedWindows for the shared limits (None: every limit is local)."""
         self._local = MovingWindowRateLimiter(MemoryStorage())
         self.shared = shared
-        self._limits = {}  # name -> (item, limiter name, when_unreachable)
+        self._limits = {}  # name -> (item, counted in Redis?, when_unreachable)
 
     def add(self, name, rate, shared=True, when_unreachable=LOCAL):
         """Declare limit ``name``: ``rate`` (settings.Rate) per key; a rate of 0 is no limit."""
