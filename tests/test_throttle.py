@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from webapp.settings import Rate
-from webapp.throttle import CLOSED, OPEN, SharedWindows, Throttle, redis_storage
+from webapp.throttle import CLOSED, OPEN, SharedWindows, Throttle, make_throttle, redis_storage
 
 from .support import wait_for
 
@@ -58,7 +58,7 @@ def test_a_shared_limit_counts_across_workers_and_each_limit_survives_an_outage(
 def test_a_shared_limit_counts_across_workers_on_a_redis_cluster(redis_cluster):
     prefix = f"t{uuid.uuid4().hex[:6]}"
     one, two = _worker(redis_cluster.url, prefix), _worker(redis_cluster.url, prefix)
-    addresses = [f"203.0.113.{n}" for n in range(40)]
+    addresses = [uuid.uuid4().hex for _ in range(40)]  # varied keys: CRC16 clusters similar ones
     for address in addresses:
         assert [one.hit("address", address), two.hit("address", address), one.hit("address", address)] == [True] * 3
         assert two.hit("address", address) is False
@@ -94,3 +94,15 @@ def test_a_redis_that_stops_answering_holds_a_sender_once_at_most_briefly(own_re
         own_redis.process.send_signal(signal.SIGCONT)
     wait_for(lambda: throttle.hit("address", uuid.uuid4().hex) and not throttle.shared.down, timeout=5,
              message="counted in Redis again")
+
+
+def test_every_limit_the_settings_declare_is_shared_new_rooms_too(redis_server):
+    config = {"REDIS_URL": redis_server.url, "REDIS_CHANNEL_PREFIX": f"t{uuid.uuid4().hex[:6]}",
+              "RATE_LIMIT": Rate(1, 60), "ADDRESS_RATE_FACTOR": 2, "ROOM_CREATE_LIMIT": Rate(2, 60)}
+    one, two = make_throttle(config), make_throttle(config)
+    assert [one.allow("a", "c1"), two.allow("a", "c2"), one.allow("a", "c3")] == [True, True, False]
+    assert one.allow("a", "c1") is False  # its connection's own window (1) too
+    assert [one.allow_room("a"), two.allow_room("a"), one.allow_room("a"), two.allow_room("b")] == [
+        True, True, False, True]
+    off = make_throttle({**config, "RATE_LIMIT": Rate(0, 1), "ROOM_CREATE_LIMIT": None})
+    assert all(off.allow("a", "c") and off.allow_room("a") for _ in range(50))

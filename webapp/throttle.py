@@ -170,6 +170,10 @@ class Throttle:
         """Drop a closed connection's window."""
         self.clear("connection", connection)
 
+    def allow_room(self, address):
+        """Count one new room from ``address``; False (nothing counted) past ROOM_CREATE_LIMIT."""
+        return self.hit("room", address)
+
 
 def make_throttle(config):
     """The throttle the settings ask for, with the message limits declared."""
@@ -179,6 +183,8 @@ def make_throttle(config):
     rate = config["RATE_LIMIT"]
     throttle.add("connection", rate, shared=False)
     throttle.add("address", rate.times(config["ADDRESS_RATE_FACTOR"]), when_unreachable=LOCAL)
+    if config.get("ROOM_CREATE_LIMIT"):  # new rooms per address, where that setting exists
+        throttle.add("room", config["ROOM_CREATE_LIMIT"], when_unreachable=LOCAL)
     return throttle
 
 
