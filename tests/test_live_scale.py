@@ -64,6 +64,7 @@ def test_a_worker_with_nobody_in_a_room_receives_none_of_its_events(live, redis_
     reader.collect(32)
     gevent.sleep(0.3)
     assert one.metric("chat_broker_events_received_total") == received
+    reader.close()
 
 
 def test_a_rooms_first_socket_on_a_worker_misses_nothing_posted_right_after_its_handshake(
@@ -200,3 +201,4 @@ def test_a_cluster_node_down_at_start_up_is_joined_when_it_answers(live, redis_c
     other = live("other", database_url=f"sqlite:///{tmp_path}/late.sqlite3", REDIS_URL=redis_cluster.url)
     other.post_json(label, "b", "through the cluster")
     assert [m["message"] for m in socket.collect(2)] == ["before Redis", "through the cluster"]
+    socket.close()
