@@ -18,7 +18,7 @@ import tempfile
 import time
 import traceback
 
-from . import compare, report, scenarios
+from . import compare, report, scale, scenarios
 from .scenarios import log
 from .servers import (
     PROJECT,
@@ -99,8 +99,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="a small smoke run of every scenario (< ~60 s)")
     parser.add_argument("--scenarios", type=_list, default=list(SCENARIOS),
                         help="comma-separated, from: capacity (a), fanout (b), throughput (c), sse (d), slow (e), "
-                             "peers (f: beside Flask-SocketIO); "
-                             "default: all")
+                             "peers (f: beside Flask-SocketIO); default: those six; "
+                             "opt-in: scale, pg-servers (bench/scale.py)")
     parser.add_argument("--out", default=os.path.join(PROJECT, "bench", "results"), help="results directory")
     group = parser.add_argument_group("scenario parameters (defaults come from the preset)")
     group.add_argument("--capacity-steps", type=_ints, help="e.g. 1000,2500,5000,7500,10000")
@@ -131,6 +131,7 @@ def parse_args(argv=None):
     group.add_argument("--peer-idle", type=_ints, help="(f): idle sockets held on one worker of each, e.g. 5000")
     group.add_argument("--concurrency", type=int, default=200, help="connection handshakes in flight at once")
     group.add_argument("--keep-tmp", action="store_true", help="keep the scratch directory (server logs)")
+    scale.add_arguments(parser)
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     for key, value in preset.items():
@@ -139,7 +140,7 @@ def parse_args(argv=None):
     chosen = []
     for name in args.scenarios:
         name = ALIASES.get(name, name)
-        if name not in SCENARIOS:
+        if name not in SCENARIOS + scale.SCENARIOS:
             parser.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         if name not in chosen:
             chosen.append(name)
@@ -341,6 +342,7 @@ async def run_all(args, resources, results, save):
         results["throughput"] = clean({"runs": throughput_runs})
     if "peers" in chosen:
         store("peers", await guarded("beside Flask-SocketIO", lambda: compare.side_by_side(lab, args, guarded)))
+    await scale.run(lab, args, chosen, guarded, store)
     results["server_warnings"] = lab.warnings
 
 

@@ -339,11 +339,13 @@ class LiveServer:
     Redis keys and channels carry ``REDIS_CHANNEL_PREFIX`` (a fresh one unless the test
     gives one: servers of one test that must hear each other share the test's)."""
 
-    def __init__(self, tmp_path, env=None, database_url=None, port=None, name="server"):
+    def __init__(self, tmp_path, env=None, database_url=None, port=None, name="server", wrapper=()):
+        """``wrapper``: a command the web line runs under (e.g. ``unshare --pid --fork``)."""
         self.tmp_path = tmp_path
         self.name = name
         self.fixed_port = port is not None
         self.port = port or free_port()
+        self.wrapper = list(wrapper)
         self.process = None
         self.env = clean_env(**{
             "DATABASE_URL": database_url or f"sqlite:///{tmp_path}/chat.sqlite3",
@@ -380,7 +382,7 @@ class LiveServer:
                        stdout=subprocess.DEVNULL)
         for attempt in range(BIND_RETRIES):
             self._log = open(self.log_path, "ab")
-            self.process = subprocess.Popen(shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
+            self.process = subprocess.Popen(self.wrapper + shlex.split(commands["web"]), cwd=PROJECT, env=self.env,
                                             stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             up = wait_for(lambda: self._healthy(answering=not healthy), timeout=timeout,
                           message=f"gunicorn on {self.port} ({self.log_path})")
@@ -451,7 +453,9 @@ class LiveServer:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.alive():
-            self.process.send_signal(sig)
+            # A wrapper (unshare) may ignore the signal: gunicorn's master gets it then.
+            for pid in (self.worker_pids() if self.wrapper else [self.process.pid]):
+                os.kill(pid, sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

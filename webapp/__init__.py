@@ -28,10 +28,10 @@ from . import (
     security,
     settings,
     sockets,
+    throttle,
 )
 from .extensions import csrf
 from .labels import LabelConverter
-from .throttle import Throttle
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
@@ -67,9 +67,7 @@ def create_app(config=None):
     realtime.init_app(app)
     moderation.init_app(app)
     retention.init_app(app)
-    app.extensions["chat.throttle"] = Throttle(
-        app.config["RATE_LIMIT"], app.config["ADDRESS_RATE_FACTOR"], app.config["ROOM_CREATE_LIMIT"]
-    )
+    throttle.init_app(app)
 
     app.register_blueprint(pages.bp)
     api.init_app(app)

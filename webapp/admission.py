@@ -1,9 +1,12 @@
 """MAX_CONNECTIONS_PER_ADDRESS: how many sockets and streams one client address may hold.
 
 With one process the count is kept in memory. With Redis it is shared by every worker
-and server: one sorted set per address, a member per open connection scored by its
-expiry, refreshed while the connection lives, so a crashed worker's entries lapse by
-themselves. If Redis cannot be reached the process falls back to its own count.
+and server: one sorted set per address, a member per open connection kept as a lease
+(``leases.py``: scored by its expiry, written again every ``PRESENCE_TTL / 3`` seconds
+while the connection lives, so a crashed worker's entries lapse by themselves and the
+entries a restarted Redis forgot are counted again within one refresh). Member ids are
+unique across servers. If Redis cannot be reached the process falls back to counting
+its own connections (logged once), and those are written to Redis once it is back.
 """
 
 import itertools
@@ -12,12 +15,10 @@ import os
 from collections import Counter
 
 import gevent
-import redis
+
+from .leases import REDIS_ERRORS, Leases, process_id
 
 log = logging.getLogger(__name__)
-
-TTL = 60  # seconds an entry lives unless refreshed
-REFRESH = TTL / 3
 
 # KEYS[1] the address's set; ARGV: limit, member, ttl. Server time, so clocks agree.
 ADMIT = """
@@ -26,14 +27,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
-return 1
-"""
-REFRESH_ONE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 2))
 return 1
 """
 
@@ -50,10 +44,10 @@ class LocalAdmission:
         if self.limit and self._open[address] >= self.limit:
             return None
         self._open[address] += 1
-        return ("local", address)
+        return (address,)
 
     def release(self, token):
-        address = token[1]
+        address = token[0]
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]
@@ -62,43 +56,51 @@ class LocalAdmission:
 class RedisAdmission(LocalAdmission):
     """Counts connections per address across every process that shares Redis."""
 
-    def __init__(self, limit, url, prefix):
+    def __init__(self, limit, url, prefix, ttl):
         super().__init__(limit)
-        self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        self._admit = self._redis.register_script(ADMIT)
-        self._refresh = self._redis.register_script(REFRESH_ONE)
-        self._prefix = prefix
-        self._members = {}  # member -> key, for this process's open connections
+        self._leases = Leases(url, ttl)
+        self._prefix = f"{prefix}:conns:"
         self._ids = itertools.count()
         self._pid = None
-
-    def _key(self, address):
-        return f"{self._prefix}:conns:{address}"
+        self._failing = False
 
     def admit(self, address):
         self._start()
-        key = self._key(address)
-        member = f"{os.getpid()}:{id(self)}:{next(self._ids)}"
+        key = self._prefix + address
+        member = f"{process_id()}:{next(self._ids)}"
         try:
-            if not self._admit(keys=[key], args=[self.limit, member, TTL]):
+            with self._leases.calling():
+                admitted = self._leases.script(ADMIT)(keys=[key], args=[self.limit, member, self._leases.ttl])
+            self._failed(None)
+        except REDIS_ERRORS as exc:
+            self._failed(exc)
+            if super().admit(address) is None:
                 return None
-        except (redis.RedisError, OSError) as exc:
-            log.warning("connection counts unavailable in Redis; counting locally",
-                        extra={"event": "admission_fallback", "error": str(exc)})
-            return super().admit(address)
-        self._members[member] = key
-        return ("redis", member)
+        else:
+            if not admitted:
+                return None
+            self._open[address] += 1  # this process's own count, should Redis go away
+        self._leases.hold(key, member)  # refreshed from now on (written anew if it failed)
+        return (address, key, member)
 
     def release(self, token):
-        if token[0] == "local":
-            return super().release(token)
-        key = self._members.pop(token[1], None)
-        if key is None:
-            return
-        try:
-            self._redis.zrem(key, token[1])
-        except (redis.RedisError, OSError):
-            pass  # it lapses within TTL
+        super().release(token)
+        _, key, member = token
+        if self._leases.release(key, member):
+            try:
+                with self._leases.calling():
+                    self._leases.client().zrem(key, member)
+            except REDIS_ERRORS:
+                pass  # it lapses within the TTL
+
+    def _failed(self, exc):
+        """Log the first failure and the recovery, not every call in between."""
+        if exc is not None and not self._failing:
+            log.warning("connection counts unavailable in Redis; counting this process's own",
+                        extra={"event": "admission_fallback", "error": str(exc)})
+        elif exc is None and self._failing:
+            log.info("connection counts shared in Redis again", extra={"event": "admission_recovered"})
+        self._failing = exc is not None
 
     def _start(self):
         if self._pid != os.getpid():
@@ -107,21 +109,18 @@ class RedisAdmission(LocalAdmission):
 
     def _refresh_forever(self):
         while True:
-            gevent.sleep(REFRESH)
+            gevent.sleep(self._leases.ttl / 3)
             try:
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for member, key in list(self._members.items()):
-                        self._refresh(keys=[key], args=[member, TTL], client=pipe)
-                    pipe.execute()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("could not refresh connection counts in Redis",
-                            extra={"event": "admission_refresh_failed", "error": str(exc)})
+                self._leases.refresh()
+                self._failed(None)
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
 
 
 def make_admission(config):
     limit = config["MAX_CONNECTIONS_PER_ADDRESS"]
     if limit and config["REDIS_URL"]:
-        return RedisAdmission(limit, config["REDIS_URL"], config["REDIS_CHANNEL_PREFIX"])
+        return RedisAdmission(limit, config["REDIS_URL"], config["REDIS_CHANNEL_PREFIX"], config["PRESENCE_TTL"])
     return LocalAdmission(limit)
 
 

@@ -3,10 +3,11 @@
 Two stores behind one interface, chosen like the broker:
 
 * ``MemoryPresence`` for the single-process run;
-* ``RedisPresence``: one sorted set per room, a member per connection (``id\\thandle``)
-  scored by when it expires (Redis's own clock, so servers need not agree on the time).
-  Each worker refreshes its connections' entries every ``ttl / 3`` seconds; a worker
-  that dies stops refreshing and its entries lapse within ``PRESENCE_TTL``.
+* ``RedisPresence``: one sorted set per room, a member per connection (``id\\thandle``,
+  the id unique across servers) kept as a lease (``leases.py``): each worker writes its
+  connections' entries again every ``ttl / 3`` seconds, so entries Redis lost (a
+  restart) are back within one refresh; a worker that dies stops refreshing and its
+  entries lapse within ``PRESENCE_TTL``.
 
 ``Presence`` ties a store to the hub: a change (join, leave, new handle) is announced on
 the broker; every worker with listeners in that room re-reads the room's handles and
@@ -16,37 +17,14 @@ lapsed. If Redis cannot be reached, a worker shows the connections it has itself
 
 import itertools
 import logging
-import os
 
 import gevent
-import redis
+
+from .leases import REDIS_ERRORS, Leases, process_id
 
 log = logging.getLogger(__name__)
 
 ANNOUNCE_DELAY = 0.05  # changes close together are shown once
-
-# KEYS[1] the room's set; ARGV: member, ttl [, old member to drop]. Server time.
-ENTER = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if ARGV[3] then redis.call('ZREM', KEYS[1], ARGV[3]) end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 2))
-return 1
-"""
-REFRESH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 2))
-return 1
-"""
-MEMBERS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
-"""
 
 
 def _handles(members):
@@ -75,7 +53,7 @@ class MemoryPresence:
         return {label: len(self.handles(label)) for label in labels}
 
     def refresh(self):
-        pass
+        return []
 
 
 class RedisPresence(MemoryPresence):
@@ -85,62 +63,55 @@ class RedisPresence(MemoryPresence):
     def __init__(self, url, prefix, ttl):
         super().__init__()
         self.ttl = ttl
-        self._prefix = prefix
-        self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, decode_responses=True)
-        self._enter = self._redis.register_script(ENTER)
-        self._refresh = self._redis.register_script(REFRESH)
-        self._members = self._redis.register_script(MEMBERS)
+        self._prefix = f"{prefix}:presence:"
+        self._leases = Leases(url, ttl)
+        self._failing = False
 
     def _key(self, label):
-        return f"{self._prefix}:presence:{label}"
+        return self._prefix + label
 
     def enter(self, label, connection, handle):
         old = self._rooms.get(label, {}).get(connection)
         super().enter(label, connection, handle)
-        args = [f"{connection}\t{handle}", self.ttl] + ([f"{connection}\t{old}"] if old not in (None, handle) else [])
-        self._call(self._enter, label, args)
+        replaces = f"{connection}\t{old}" if old not in (None, handle) else None
+        self._call(self._leases.add, self._key(label), f"{connection}\t{handle}", replaces)
 
     def leave(self, label, connection):
         handle = self._rooms.get(label, {}).get(connection)
         super().leave(label, connection)
         if handle is not None:
-            try:
-                self._redis.zrem(self._key(label), f"{connection}\t{handle}")
-            except (redis.RedisError, OSError) as exc:
-                log.warning("presence not updated in Redis", extra={"event": "presence_failed", "error": str(exc)})
+            self._call(self._leases.remove, self._key(label), f"{connection}\t{handle}")
 
     def handles(self, label):
-        members = self._call(self._members, label, [])
+        members = self._call(self._leases.live, self._key(label))
         return super().handles(label) if members is None else _handles(members)
 
     def counts(self, labels):
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for label in labels:
-                    self._members(keys=[self._key(label)], client=pipe)
-                found = pipe.execute()
-        except (redis.RedisError, OSError):
+        found = self._call(self._leases.live_many, [self._key(label) for label in labels])
+        if found is None:
             return super().counts(labels)
         return {label: len(_handles(members)) for label, members in zip(labels, found, strict=True)}
 
     def refresh(self):
-        """Extend this process's entries (called every ttl / 3 seconds)."""
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for label, connections in list(self._rooms.items()):
-                    for connection, handle in connections.items():
-                        self._refresh(keys=[self._key(label)], args=[f"{connection}\t{handle}", self.ttl], client=pipe)
-                pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            log.warning("presence not refreshed in Redis", extra={"event": "presence_failed", "error": str(exc)})
+        """Write this process's entries again (called every ttl / 3 seconds); return the
+        rooms where Redis had lost some of them (after a restart, say)."""
+        keys = self._call(self._leases.refresh)
+        return [key[len(self._prefix):] for key in keys or ()]
 
-    def _call(self, script, label, args):
+    def _call(self, operation, *args):
+        """``operation(*args)``, or None when Redis fails (logged once until it works again)."""
         try:
-            return script(keys=[self._key(label)], args=args)
-        except (redis.RedisError, OSError) as exc:
-            log.warning("presence unavailable in Redis; showing this worker's own",
-                        extra={"event": "presence_failed", "error": str(exc)})
+            result = operation(*args)
+        except REDIS_ERRORS as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("presence unavailable in Redis; showing this worker's own until it is back",
+                            extra={"event": "presence_failed", "error": str(exc)})
             return None
+        if self._failing:
+            self._failing = False
+            log.info("presence in Redis again", extra={"event": "presence_recovered"})
+        return result
 
 
 class Presence:
@@ -162,7 +133,7 @@ class Presence:
     def enter(self, listener, label, handle):
         """List ``listener`` in its room as ``handle`` (again, under a new handle)."""
         entry = self._entries.get(listener)
-        connection = entry[1] if entry else f"{os.getpid()}:{next(self._ids)}"
+        connection = entry[1] if entry else f"{process_id()}:{next(self._ids)}"
         if entry and entry[2] == handle:
             return
         self._entries[listener] = (label, connection, handle)
@@ -200,8 +171,10 @@ class Presence:
         return self.store.counts(labels)
 
     def sweep(self):
-        """Refresh this worker's entries and re-check every local room (lapsed entries)."""
-        self.store.refresh()
+        """Refresh this worker's entries and re-check every local room (lapsed entries);
+        rooms where Redis had lost entries are announced to the other workers too."""
+        for label in self.store.refresh():
+            self._announce(label)
         for label in list(self.hub.channels):
             self.changed(label)
         for label in [label for label in self._shown if label not in self.hub.channels]:
