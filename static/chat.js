@@ -40,21 +40,32 @@
     return u.toString();
   }
 
+  // A room cleared by an operator: its rows up to an id go. A row stored after the clear
+  // may arrive before the news of it (two publishers): it stays.
+  function dropRowsThrough(through) {
+    document.querySelectorAll('#chat [id^="message-"]').forEach((row) => {
+      if (Number(row.id.slice("message-".length)) <= through) row.remove();
+    });
+  }
+
   // Rows an operator deleted, announced on the event stream ("delete": one id; "clear":
-  // every row up to an id). The htmx socket removes them itself (out-of-band swaps).
+  // every row up to an id). The htmx socket removes one row itself (an out-of-band
+  // delete swap) and says "cleared through an id" with a marker taken out here.
   function dropDeletedRows(source) {
     source.addEventListener("delete", (event) => {
       const row = $("message-" + Number(event.data));
       if (row) row.remove();
     });
-    source.addEventListener("clear", (event) => {
-      const through = Number(event.data);
-      document.querySelectorAll('#chat [id^="message-"]').forEach((row) => {
-        if (Number(row.id.slice("message-".length)) <= through) row.remove();
-      });
-    });
+    source.addEventListener("clear", (event) => dropRowsThrough(Number(event.data)));
     return source;
   }
+  document.body.addEventListener("htmx:wsBeforeMessage", (event) => {
+    const cleared = /^<template data-cleared-through="(\d+)">/.exec(String(event.detail.message));
+    if (cleared) {
+      dropRowsThrough(Number(cleared[1]));
+      event.preventDefault(); // nothing in it to swap
+    }
+  });
 
   // Every (re)connection resumes after the newest row shown: the server replays what
   // was missed, so nothing is lost and nothing doubled. Reconnect attempts back off with

@@ -315,6 +315,23 @@ def test_a_deletion_during_a_replay_is_written_after_it():
     assert listener.got == [("message", {"id": 4}), ("delete", {"id": 4})]
 
 
+def test_a_message_whose_deletion_overtook_it_is_never_shown():
+    """A worker hears of a deletion (or a clear) before the message itself (it waited for
+    an earlier one, or came again after a Redis outage): it is skipped, the order kept."""
+    hub = Hub(lambda fmt, kind, payload: (kind, payload), lambda channel: None)
+    listener = Collect(frozenset({"delete", "clear"}))
+    hub.join(listener, "r", 1, latest_id=1)
+    hub.finish_replay(listener)
+    hub.receive("r", 3, 2, {"id": 3})  # waits for 2
+    hub.broadcast("r", "delete", {"id": 3})
+    hub.receive("r", 2, 1, {"id": 2})
+    hub.broadcast("r", "clear", {"through": 5})
+    hub.receive("r", 5, 4, {"id": 5})
+    hub.receive("r", 4, 3, {"id": 4})
+    hub.receive("r", 6, 5, {"id": 6})
+    assert [payload for kind, payload in listener.got if kind == "message"] == [{"id": 2}, {"id": 6}]
+
+
 def test_retention_and_its_lease_on_both_databases(any_app):
     client = any_app.test_client()
     label = f"ret-{id(any_app) % 100000}"  # the PostgreSQL database is shared by tests

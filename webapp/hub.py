@@ -26,6 +26,7 @@ PENDING_MAX = 1000
 # Events outside the message order that a replaying listener must not miss: held with
 # its live messages and written after its replay (deleting a row it lacks is harmless).
 HELD_KINDS = frozenset({"delete", "clear"})
+DELETED_KEPT = 1000  # deleted ids a room remembers, to skip a message its deletion overtook
 
 
 class Listener:
@@ -57,7 +58,7 @@ class Channel:
     """One room as this worker sees it: listeners, and the last id delivered to them."""
 
     __slots__ = ("label", "room_id", "last_id", "known_latest", "listeners", "pending", "catching_up",
-                 "catch_up_failures")
+                 "catch_up_failures", "deleted", "cleared_through")
 
     def __init__(self, label, room_id, last_id):
         self.label = label
@@ -68,6 +69,10 @@ class Channel:
         self.pending = {}  # id -> (prev, payload): arrived ahead of a missing message
         self.catching_up = False
         self.catch_up_failures = 0  # in a row: the owner backs off on them
+        # Deleted by an operator (ids, and everything up to a cleared id): a message whose
+        # deletion overtook it (it waited in ``pending``, or was published again) is skipped.
+        self.deleted = {}
+        self.cleared_through = 0
 
 
 class Hub:
@@ -188,6 +193,8 @@ class Hub:
 
     def _deliver(self, channel, message_id, kind, payload):
         channel.last_id = message_id
+        if message_id in channel.deleted or message_id <= channel.cleared_through:
+            return  # deleted before it got here: its place in the order is kept, nothing sent
         forms = {}
         sent = 0
         for listener in channel.listeners:
@@ -208,12 +215,23 @@ class Hub:
 
     # -- other events -------------------------------------------------------------
 
+    @staticmethod
+    def _remember_deletion(channel, kind, payload):
+        if kind == "clear":
+            channel.cleared_through = max(channel.cleared_through, payload["through"])
+            return
+        channel.deleted[payload["id"]] = None
+        if len(channel.deleted) > DELETED_KEPT:
+            del channel.deleted[next(iter(channel.deleted))]
+
     def broadcast(self, label, kind, payload, exclude=None):
         """An event outside the message order (presence, typing, a rename): sent to the
         room's listeners that take this kind (but ``exclude``), as it comes, never stored."""
         channel = self.channels.get(label)
         if channel is None:
             return
+        if kind in HELD_KINDS:
+            self._remember_deletion(channel, kind, payload)
         forms = {}
         for listener in channel.listeners:
             if kind not in listener.kinds or listener is exclude:

@@ -157,7 +157,8 @@ class Message(BaseModel):
     def clear(cls, room_id):
         """Delete every message of the room; return how many there were."""
         removed = cls.delete().where(cls.room == room_id).execute()
-        Room.update(message_count=0).where(Room.id == room_id).execute()
+        # Less what was removed, not zero: a message stored meanwhile still counts.
+        Room.update(message_count=Room.message_count - removed).where(Room.id == room_id).execute()
         return removed
 
     def as_dict(self, label):

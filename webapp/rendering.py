@@ -134,7 +134,9 @@ class WireForms:
         return text_frame(f'<div id="message-{int(deleted["id"])}" hx-swap-oob="delete"></div>')
 
     def _html_clear(self, cleared):
-        return text_frame('<ol id="chat" hx-swap-oob="innerHTML"></ol>')
+        # Read by the page script: rows up to this id go, a later one (stored after the
+        # clear, maybe delivered before the news of it) stays.
+        return text_frame(f'<template data-cleared-through="{int(cleared["through"])}"></template>')
 
     def _html_presence(self, handles):
         return text_frame(self._render("_presence.html", here=handles, oob=True))

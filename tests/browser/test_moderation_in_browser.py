@@ -49,7 +49,8 @@ def test_a_deleted_message_leaves_pages_and_embeds_on_the_other_server_at_once(p
 
     assert delete(one, "mod", ids[2]).status_code == 204  # the newest
     one.post_json("mod", "bob", "after the deletions")
-    for view in views:
+    for view in views:  # the count alone is 2 before the deletion arrives, too
+        expect(view.locator(f"#message-{ids[2]}")).to_have_count(0, timeout=3000)
         expect(view.locator("#chat .msg")).to_have_count(2, timeout=3000)
         assert texts(view) == ["message 0", "after the deletions"]
     for view in (page, embed):  # the same server-rendered rows as the fallback's page
