@@ -73,7 +73,8 @@ class StreamListener(Listener):
         self.stream.write(data)
 
     def close(self, code, reason):
-        self.stream.teardown()  # EventSource reconnects by itself, with Last-Event-ID
+        if self.stream is not None:
+            self.stream.teardown()  # EventSource reconnects by itself, with Last-Event-ID
 
     def keepalive(self, now, interval, timeout):
         if self.stream is not None:
@@ -155,6 +156,8 @@ def stream(label):
         room = chat.find_room(label)
         if room is None:
             abort(404, description=f"There is no room {label!r}.")
+        if realtime.draining:  # began while this request waited for its subscription
+            abort(503, description="The server is restarting.")
         room = chat.RoomRef.of(room)
         realtime.join(listener, room, after)
         _serve(listener, sock, room, after)

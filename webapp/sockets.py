@@ -121,6 +121,9 @@ def _join_before_handshake():
         kinds = (EXTRA_KINDS & asked) | (DELETE_KINDS if "deletes" in asked else frozenset())
         handle = request.args.get("handle")
     label = request.view_args.get("label", "")
+    if not chat.is_valid_label(label):  # never a room: no subscription for it either
+        g.socket_refusal = (UNKNOWN_ROOM, "unknown room")
+        return
     g.socket_listener = listener = SocketListener(fmt, frozenset(kinds))
     # Subscribed to the room's events before its latest id is read (see realtime.subscribe).
     realtime.subscribe(listener, label)
