@@ -104,5 +104,5 @@ def test_every_limit_the_settings_declare_is_shared_new_rooms_too(redis_server):
     assert one.allow("a", "c1") is False  # its connection's own window (1) too
     assert [one.allow_room("a"), two.allow_room("a"), one.allow_room("a"), two.allow_room("b")] == [
         True, True, False, True]
-    off = make_throttle({**config, "RATE_LIMIT": Rate(0, 1), "ROOM_CREATE_LIMIT": None})
+    off = make_throttle({**config, "RATE_LIMIT": Rate(0, 1), "ROOM_CREATE_LIMIT": Rate(0, 1)})
     assert all(off.allow("a", "c") and off.allow_room("a") for _ in range(50))

@@ -205,7 +205,7 @@ PARSERS = {
     "SEND_BACKLOG_MAX_BYTES": _int("SEND_BACKLOG_MAX_BYTES", 1024),
     "SEND_BACKLOG_MAX_SECONDS": _float("SEND_BACKLOG_MAX_SECONDS"),
     "SOCKET_SEND_BUFFER": _int("SOCKET_SEND_BUFFER", 4096),
-    "ADMIN_TOKEN": lambda text: text or None,
+    "ADMIN_TOKEN": lambda text: text.strip() or None,  # a secrets file's newline is not part of it
     "ADMIN_RATE_LIMIT": lambda text: Rate.parse(text, "ADMIN_RATE_LIMIT"),
     "MODERATION_REFRESH": _float("MODERATION_REFRESH"),
     "MESSAGE_RETENTION_DAYS": _float("MESSAGE_RETENTION_DAYS", "days"),

@@ -184,8 +184,7 @@ def make_throttle(config):
     rate = config["RATE_LIMIT"]
     throttle.add("connection", rate, shared=False)
     throttle.add("address", rate.times(config["ADDRESS_RATE_FACTOR"]), when_unreachable=LOCAL)
-    if config.get("ROOM_CREATE_LIMIT"):  # new rooms per address, where that setting exists
-        throttle.add("room", config["ROOM_CREATE_LIMIT"], when_unreachable=LOCAL)
+    throttle.add("room", config["ROOM_CREATE_LIMIT"], when_unreachable=LOCAL)
     return throttle
 
 
