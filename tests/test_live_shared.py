@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from .support import LiveServer, wait_for
+from .support import LiveServer, unique_prefix, wait_for
 from .test_live_presence import Watcher
 from .wsclient import Refused, WSClient
 
@@ -47,8 +47,10 @@ def test_presence_and_connection_counts_come_back_after_a_redis_restart(live, ow
     # Within one refresh (PRESENCE_TTL / 3 = 1 s) ann is listed in Redis again and the
     # three connections count there again, though nobody reconnected.
     redis = own_redis.client()
-    wait_for(lambda: redis.zcard("chat:presence:restart") == 1, timeout=8, message="ann in Redis again")
-    wait_for(lambda: redis.zcard("chat:conns:127.0.0.1") == 3, timeout=8, message="three connections in Redis again")
+    prefix = server.env["REDIS_CHANNEL_PREFIX"]
+    wait_for(lambda: redis.zcard(f"{prefix}:presence:restart") == 1, timeout=8, message="ann in Redis again")
+    wait_for(lambda: redis.zcard(f"{prefix}:conns:127.0.0.1") == 3, timeout=8,
+             message="three connections in Redis again")
     wait_for(lambda: _here(server, "restart") == 1, timeout=8, message="ann listed again")
     wait_for(lambda: _refused(url), timeout=8, message="the cap counting the open sockets again")
     assert ann.ws.closed is None
@@ -82,8 +84,9 @@ def _namespace_pids(server):
 def twins(tmp_path, redis_server):
     """Two servers on one Redis and one database whose workers have the same pid."""
     database = f"sqlite:///{tmp_path}/shared.sqlite3"
+    prefix = unique_prefix()  # shared by the two: they must hear each other
     servers = [_unshared(tmp_path, name, database, REDIS_URL=redis_server.url, MAX_CONNECTIONS_PER_ADDRESS=4,
-                         WEB_CONCURRENCY=1) for name in ("one", "two")]
+                         WEB_CONCURRENCY=1, REDIS_CHANNEL_PREFIX=prefix) for name in ("one", "two")]
     try:
         for server in servers:
             server.start()
