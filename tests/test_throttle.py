@@ -98,11 +98,13 @@ def test_a_redis_that_stops_answering_holds_a_sender_once_at_most_briefly(own_re
 
 def test_every_limit_the_settings_declare_is_shared_new_rooms_too(redis_server):
     config = {"REDIS_URL": redis_server.url, "REDIS_CHANNEL_PREFIX": f"t{uuid.uuid4().hex[:6]}",
-              "RATE_LIMIT": Rate(1, 60), "ADDRESS_RATE_FACTOR": 2, "ROOM_CREATE_LIMIT": Rate(2, 60)}
+              "RATE_LIMIT": Rate(1, 60), "ADDRESS_RATE_FACTOR": 2, "ROOM_CREATE_LIMIT": Rate(2, 60),
+              "ADMIN_RATE_LIMIT": Rate(1, 60)}
     one, two = make_throttle(config), make_throttle(config)
     assert [one.allow("a", "c1"), two.allow("a", "c2"), one.allow("a", "c3")] == [True, True, False]
     assert one.allow("a", "c1") is False  # its connection's own window (1) too
     assert [one.allow_room("a"), two.allow_room("a"), one.allow_room("a"), two.allow_room("b")] == [
         True, True, False, True]
+    assert [one.hit("admin", "a"), two.hit("admin", "a")] == [True, False]
     off = make_throttle({**config, "RATE_LIMIT": Rate(0, 1), "ROOM_CREATE_LIMIT": Rate(0, 1)})
     assert all(off.allow("a", "c") and off.allow_room("a") for _ in range(50))

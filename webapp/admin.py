@@ -8,16 +8,13 @@ Security, checked before any route runs:
   and changes nothing. Cookies and the session are never read, and the routes take no
   form posts (no body at all), so a browser page of another site cannot act through a
   logged-in operator: there is no CSRF surface, and the blueprint is CSRF-exempt.
-* At most ADMIN_RATE_LIMIT requests per client address (per worker), wrong tokens
-  included, so a token cannot be guessed quickly.
+* At most ADMIN_RATE_LIMIT requests per client address (counted across servers, like
+  every limit of ``throttle``), wrong tokens included, so a token cannot be guessed quickly.
 """
 
 import hmac
 
 from flask import Blueprint, abort, current_app, jsonify, request
-from limits import RateLimitItemPerSecond
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from . import chat, moderation
 from .extensions import csrf
@@ -28,18 +25,6 @@ csrf.exempt(bp)
 
 class _Unauthorized(Exception):
     pass
-
-
-class AdminLimiter:
-    """ADMIN_RATE_LIMIT per client address, in this worker."""
-
-    def __init__(self, rate):
-        self.enabled = rate.enabled
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._item = RateLimitItemPerSecond(rate.count, rate.seconds) if rate.enabled else None
-
-    def allow(self, address):
-        return not self.enabled or self._limiter.hit(self._item, "admin", address)
 
 
 def _bearer_token():
@@ -53,7 +38,7 @@ def _authorize():
     expected = current_app.config["ADMIN_TOKEN"]
     if not expected:
         abort(404)
-    if not current_app.extensions["chat.admin_limiter"].allow(request.remote_addr):
+    if not current_app.extensions["chat.throttle"].hit("admin", request.remote_addr):
         return jsonify(error="too many admin requests; wait a minute"), 429
     given = _bearer_token()
     if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
@@ -129,5 +114,4 @@ def unblock_address(address):
 
 
 def init_app(app):
-    app.extensions["chat.admin_limiter"] = AdminLimiter(app.config["ADMIN_RATE_LIMIT"])
     app.register_blueprint(bp)

@@ -185,6 +185,7 @@ def make_throttle(config):
     throttle.add("connection", rate, shared=False)
     throttle.add("address", rate.times(config["ADDRESS_RATE_FACTOR"]), when_unreachable=LOCAL)
     throttle.add("room", config["ROOM_CREATE_LIMIT"], when_unreachable=LOCAL)
+    throttle.add("admin", config["ADMIN_RATE_LIMIT"], when_unreachable=LOCAL)
     return throttle
 
 
