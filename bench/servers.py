@@ -9,6 +9,7 @@ outright. ``Resources`` stops and removes everything it was given, in reverse or
 
 import ctypes
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -25,6 +26,7 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 def free_port():
@@ -334,11 +336,12 @@ class Server:
             return ""
 
     def log_warnings(self):
-        """Lines of the log at WARNING or above (the servers log nothing else)."""
+        """Lines of the log at WARNING or above (the servers log nothing else), and the last
+    line of each traceback (the exception)."""
         try:
             with open(self.log_path, errors="replace") as file:
                 return [line.rstrip() for line in file if " WARNING " in line or " ERROR " in line
-                        or "Traceback" in line or "[CRITICAL]" in line]
+                        or "Traceback" in line or "[CRITICAL]" in line or EXCEPTION_LINE.match(line)]
         except FileNotFoundError:
             return []
 
