@@ -68,7 +68,7 @@ def tables(results):
                 _fmt(b["latency_ms"]["max"]), _integrity(b),
             ])
         out.append(_table(
-            f"(a) capacity: idle WebSockets on one worker ({cap['cluster']}); baseline RSS "
+            f"(a) capacity: idle WebSockets ({cap['cluster']}); baseline RSS "
             f"{cap['baseline_rss_kb'] / 1024:.1f} MiB",
             ["conns", "failed", "conn/s", "RSS MiB", "kB/conn", "marginal kB", "broadcast", "p50 ms", "p99 ms",
              "max ms", "integrity"],

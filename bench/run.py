@@ -28,9 +28,13 @@ from .servers import (
     ScratchPostgres,
     postgres_address,
     postgres_available,
+    raise_nofile,
 )
 from .stats import clean
 
+# Idle sockets one load-generator process holds in scenario (a): below the development
+# VM's 20,000 open files per process and one source address's ~28,000 ports.
+SOCKETS_PER_PROCESS = 15000
 SCENARIOS = ("capacity", "fanout", "throughput", "sse", "slow", "peers")
 ALIASES = {"a": "capacity", "b": "fanout", "c": "throughput", "d": "sse", "e": "slow", "f": "peers",
            "fanout_ws": "fanout", "fanout_sse": "sse", "slow_client": "slow"}
@@ -104,6 +108,11 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join(PROJECT, "bench", "results"), help="results directory")
     group = parser.add_argument_group("scenario parameters (defaults come from the preset)")
     group.add_argument("--capacity-steps", type=_ints, help="e.g. 1000,2500,5000,7500,10000")
+    group.add_argument("--capacity-processes", type=int, default=0,
+                       help="load-generator processes holding the idle sockets (default: one per "
+                            f"{SOCKETS_PER_PROCESS:,}, each from its own 127.0.0.x)")
+    group.add_argument("--capacity-config", default="sqlite-1x1",
+                       help="cluster for (a): one server, <sqlite|pg>-1x<workers> (default sqlite-1x1: one worker)")
     group.add_argument("--capacity-broker", choices=["redis", "memory"], default="redis",
                        help="REDIS_URL set (default) or not for the capacity worker")
     group.add_argument("--fanout-sizes", type=_ints, help="room sizes for (b) and (d), e.g. 10,100,1000,5000")
@@ -145,11 +154,13 @@ def parse_args(argv=None):
         if name not in chosen:
             chosen.append(name)
     args.scenarios = chosen
-    for spec in [args.fanout_config, *args.configs]:
+    for spec in [args.fanout_config, args.capacity_config, *args.configs]:
         try:
             parse_config(spec)
         except ValueError as exc:
             parser.error(str(exc))
+    if parse_config(args.capacity_config)[1] != 1:
+        parser.error("--capacity-config takes one server (e.g. sqlite-1x1, sqlite-1x4)")
     return args
 
 
@@ -163,15 +174,6 @@ def parse_config(spec):
     if db not in ("sqlite", "pg") or servers < 1 or workers < 1:
         raise ValueError(f"cluster {spec!r} should look like sqlite-2x1 or pg-1x2")
     return db, servers, workers
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Lab:
@@ -189,7 +191,7 @@ class Lab:
         self.warnings = {}
         self.throughput_started = None
 
-    def boot(self, spec, broker="redis"):
+    def boot(self, spec, broker="redis", extra_env=None, nofile=None):
         db, servers, workers = parse_config(spec)
         self.count += 1
         name = f"{spec}-{self.count}"
@@ -205,7 +207,8 @@ class Lab:
         else:
             url = f"sqlite:///{self.tmp}/{name}.sqlite3"
         cluster = Cluster(self.tmp, name, url, self.redis.url if broker == "redis" else None, servers, workers,
-                          extra_env={"REDIS_CHANNEL_PREFIX": f"bench{self.count}"})
+                          extra_env={"REDIS_CHANNEL_PREFIX": f"bench{self.count}", **(extra_env or {})},
+                          nofile=nofile)
         cluster.scratch = scratch
         cluster.spec = spec
         self.resources.add(cluster)
@@ -274,10 +277,15 @@ async def run_all(args, resources, results, save):
     if "capacity" in chosen:
 
         async def work():
-            cluster = lab.boot("sqlite-1x1", broker=args.capacity_broker)
+            # Room for every socket in the worker: its connection pool, and its open-files
+            # limit where the hard limit may be raised (else it stays at the runner's).
+            most = max(args.capacity_steps) + 1000
+            cluster = lab.boot(args.capacity_config, broker=args.capacity_broker,
+                               extra_env={"WORKER_CONNECTIONS": max(20000, most)}, nofile=most)
+            processes = args.capacity_processes or -(-max(args.capacity_steps) // SOCKETS_PER_PROCESS)
             try:
                 return await scenarios.capacity(cluster, args.capacity_steps, args.concurrency,
-                                                args.capacity_budget)
+                                                args.capacity_budget, processes=processes)
             finally:
                 lab.release(cluster)
 

@@ -9,6 +9,7 @@ drain period ends), then ``stats.account``.
 
 import asyncio
 import gc
+import os
 import resource
 import sys
 import time
@@ -76,8 +77,10 @@ async def open_room(server, label):
         raise RuntimeError(f"GET /{label}/ on {server.name} answered {status}")
 
 
-async def connect_many(specs, concurrency=200, timeout=20.0, what="clients"):
-    """Open ``specs`` (``(kind, server, path, name)``) at most ``concurrency`` at a time.
+async def connect_many(specs, concurrency=200, timeout=20.0, what="clients", source=None, give_up_after=None):
+    """Open ``specs`` (``(kind, server, path, name)``) at most ``concurrency`` at a time,
+    from the local address ``source`` (default: the kernel's choice); once
+    ``give_up_after`` have failed, the ones not yet started are not tried.
 
     Returns (clients, failures): the clients that opened, in order, and a Counter of why
     the others did not.
@@ -90,8 +93,11 @@ async def connect_many(specs, concurrency=200, timeout=20.0, what="clients"):
     async def one(kind, server, path, name):
         nonlocal done
         async with semaphore:
+            if give_up_after and sum(failures.values()) >= give_up_after:
+                failures[f"not tried after {give_up_after} failures"] += 1
+                return None
             try:
-                client = await connect(kind, HOST, server.port, path, name, timeout)
+                client = await connect(kind, HOST, server.port, path, name, timeout, source=source)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
                 return None
@@ -146,16 +152,16 @@ async def drain(members, ledger, timeout, exclude=()):
         await asyncio.sleep(0.005 if len(waiting) < 1000 else 0.02)
 
 
-async def settle(members, ledger, timeout, grace=0.1):
+async def settle(members, ledger, timeout, grace=0.1, keep_latencies=False):
     """``drain``, a short grace for duplicates, then account; if anything is missing, wait
     out the rest of the drain period and account again (lost = missing at its end)."""
     deadline = time.monotonic() + timeout
     await drain(members, ledger, timeout)
     await asyncio.sleep(grace)
-    result = account(ledger, members)
+    result = account(ledger, members, keep_latencies)
     if result["lost"] and time.monotonic() < deadline:
         await asyncio.sleep(deadline - time.monotonic())
-        result = account(ledger, members)
+        result = account(ledger, members, keep_latencies)
     result["drain_complete"] = result["lost"] == 0
     return result
 
@@ -168,10 +174,76 @@ def spread(count, servers, start=0):
 # -- (a) capacity ------------------------------------------------------------------------------
 
 
-async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_timeout=30.0):
-    """Idle WebSockets on one worker, in steps; RSS per step and a broadcast to all."""
+class IdleSockets:
+    """Idle sockets of one room held by this process (up to its open-files limit), and the
+    broadcast check: ``arm`` (forget what arrived), ``send`` from the first of them,
+    ``collect`` (everyone must get it exactly once). ``bench.fleet`` runs one of these in
+    each of several processes."""
+
+    def __init__(self, kind, server, path, source=None):
+        self.kind, self.server, self.path, self.source = kind, server, path, source
+        self.clients = []
+
+    def __len__(self):
+        return len(self.clients)
+
+    def size(self):
+        return len(self.clients)
+
+    async def grow(self, target, concurrency, give_up_after=None):
+        """Open sockets until ``target`` are held; (how many opened, Counter of failures)."""
+        specs = [(self.kind, self.server, self.path, f"i{len(self.clients) + i}")
+                 for i in range(target - len(self.clients))]
+        new, failures = await connect_many(specs, concurrency, what="idle sockets", source=self.source,
+                                           give_up_after=give_up_after)
+        self.clients += new
+        settle_gc()
+        return len(new), failures
+
+    def arm(self):
+        for client in self.clients:
+            client.reset()
+
+    def send(self, seq):
+        """Send one broadcast from the first socket; its text."""
+        text = make_text(seq, "cap")
+        self.clients[0].send_chat("cap", text)
+        return text
+
+    async def collect(self, label, text, timeout, keep_latencies=False):
+        ledger = Ledger([label])
+        ledger.record(label, text)
+        return await settle({label: self.clients}, ledger, timeout, keep_latencies=keep_latencies)
+
+    async def broadcast(self, label, seq, timeout):
+        self.arm()
+        return await self.collect(label, self.send(seq), timeout)
+
+    async def close(self):
+        await close_all(self.clients)
+        self.clients = []
+        gc.unfreeze()
+
+
+def open_files(pid):
+    """(file descriptors open, soft limit) of a process, or (None, None) if it is gone."""
+    try:
+        count = len(os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/limits") as file:
+            limit = next(int(line.split()[3]) for line in file if line.startswith("Max open files"))
+        return count, limit
+    except (OSError, StopIteration, ValueError):
+        return None, None
+
+
+async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_timeout=30.0, processes=1):
+    """Idle WebSockets on the first server's worker(s) (one, unless the cluster was booted
+    with more), in steps; RSS per step (summed over its workers) and a broadcast to all.
+    With ``processes`` > 1 the sockets are held by that many load-generator processes,
+    each from a loopback address of its own (``bench.fleet``)."""
     server = cluster.servers[0]
-    pid = cluster.worker_pids()[0]
+    pids = server.worker_pids()
+    pid = pids[0]
     label = new_label("cap")
     path, kind = cluster.socket_path(label), cluster.client_kind
     await open_room(server, label)
@@ -189,10 +261,17 @@ async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_
     await close_all(warm)
     await asyncio.sleep(settle_s)
     gc.collect()
-    baseline = rss_kb(pid)
-    log(f"  capacity: worker {pid} baseline RSS {baseline / 1024:.1f} MiB")
+    baseline = sum(rss_kb(p) for p in pids)
+    baseline_fds, worker_nofile = open_files(pid)
+    log(f"  capacity: worker(s) {pids} baseline RSS {baseline / 1024:.1f} MiB, {baseline_fds} files open "
+        f"in {pid} (limit {worker_nofile})")
 
-    clients = []
+    if processes > 1:
+        from .fleet import Fleet
+
+        held = await Fleet.start(processes, kind, server, path)
+    else:
+        held = IdleSockets(kind, server, path)
     rows = []
     prev_rss, prev_n = baseline, 0
     try:
@@ -200,35 +279,28 @@ async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_
             if time.monotonic() - started > budget:
                 log(f"  capacity: time budget of {budget:.0f}s spent; stopping before {target}")
                 break
-            need = target - len(clients)
+            need = target - len(held)
             t0 = time.monotonic()
-            specs = [(kind, server, path, f"i{len(clients) + i}") for i in range(need)]
-            new, failures = await connect_many(specs, concurrency, what="idle sockets")
+            opened, failures = await held.grow(target, concurrency, give_up_after=max(100, concurrency))
             connect_s = time.monotonic() - t0
-            clients += new
-            settle_gc()
             await asyncio.sleep(settle_s)
-            rss = rss_kb(pid)
-            n = len(clients)
+            rss = sum(rss_kb(p) for p in pids)
+            fds = [open_files(p)[0] for p in pids]
+            n = len(held)
             # The broadcast: one message from one of them reaches all of them.
-            for client in clients:
-                client.reset()
-            ledger = Ledger([label])
-            text = make_text(target, "cap")
-            clients[0].send_chat("cap", text)
-            ledger.record(label, text)
-            result = await settle({label: clients}, ledger, broadcast_timeout)
+            result = await held.broadcast(label, target, broadcast_timeout)
             row = {
                 "target": target,
                 "connections": n,
                 "connect_failures": sum(failures.values()),
                 "failure_reasons": dict(failures.most_common(3)),
                 "connect_s": round(connect_s, 2),
-                "connects_per_s": round(len(new) / connect_s, 1) if connect_s > 0 else None,
+                "connects_per_s": round(opened / connect_s, 1) if connect_s > 0 else None,
                 "rss_kb": rss,
                 "rss_per_conn_kb": round((rss - baseline) / n, 2) if n else None,
                 "marginal_kb_per_conn": round((rss - prev_rss) / (n - prev_n), 2) if n > prev_n else None,
-                "rss_after_broadcast_kb": rss_kb(pid),
+                "rss_after_broadcast_kb": sum(rss_kb(p) for p in pids),
+                "worker_open_files": fds,
                 "broadcast": result,
             }
             rows.append(row)
@@ -237,16 +309,19 @@ async def capacity(cluster, steps, concurrency, budget, settle_s=1.5, broadcast_
                 f"broadcast {result['received']}/{result['expected']} p99 {result['latency_ms']['p99']} ms"
             )
             prev_rss, prev_n = rss, n
-            if failures or result["lost"] or len(new) < need:
-                log(f"  capacity: stopping (failures {dict(failures)}, lost {result['lost']})")
+            if failures or result["lost"] or opened < need:
+                log(f"  capacity: stopping (failures {dict(failures.most_common(3))}, lost {result['lost']})")
                 break
     finally:
-        await close_all(clients)
-        gc.unfreeze()
+        await held.close()
     return {
         "cluster": cluster.describe(),
         "worker_pid": pid,
+        "worker_pids": pids,
         "baseline_rss_kb": baseline,
+        "baseline_open_files": baseline_fds,
+        "worker_open_files_limit": worker_nofile,
+        "generator_processes": processes,
         "steps": rows,
         "max_connections": max((r["connections"] for r in rows if not r["broadcast"]["lost"]), default=0),
     }

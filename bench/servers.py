@@ -9,6 +9,8 @@ outright. ``Resources`` stops and removes everything it was given, in reverse or
 
 import ctypes
 import os
+import re
+import resource
 import shlex
 import shutil
 import signal
@@ -24,6 +26,7 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 def free_port():
@@ -40,8 +43,34 @@ def _die_with_parent():
         pass
 
 
-def spawn(argv, **kwargs):
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+def raise_nofile(want=None):
+    """Raise this process's open-files limit: to ``want`` (soft and hard) where that is
+    allowed (raising the hard limit needs CAP_SYS_RESOURCE, and at most
+    /proc/sys/fs/nr_open), else the soft limit to the hard one. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if want and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            pass
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def spawn(argv, nofile=None, **kwargs):
+    """Start ``argv`` in its own session, dying with the runner; ``nofile``: the open-files
+    limit to ask for (``raise_nofile``)."""
+
+    def prepare():
+        _die_with_parent()
+        if nofile:
+            raise_nofile(nofile)
+
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=prepare, **kwargs)
 
 
 def stop_process(process, sig=signal.SIGTERM, timeout=10.0, also=()):
@@ -257,8 +286,9 @@ def release(database_url, log_path):
 class Server:
     """One gunicorn (master + gevent workers) started by the Procfile's ``web:`` line."""
 
-    def __init__(self, directory, name, database_url, redis_url, workers, extra_env=None):
+    def __init__(self, directory, name, database_url, redis_url, workers, extra_env=None, nofile=None):
         self.name = name
+        self.nofile = nofile
         self.port = free_port()
         self.workers = workers
         self.log_path = os.path.join(directory, f"{name}-{self.port}.log")
@@ -275,7 +305,7 @@ class Server:
 
     def start(self):
         self._log = open(self.log_path, "ab")
-        self.process = spawn(shlex.split(procfile()["web"]), cwd=PROJECT, env=self.env,
+        self.process = spawn(shlex.split(procfile()["web"]), nofile=self.nofile, cwd=PROJECT, env=self.env,
                              stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
@@ -306,11 +336,12 @@ class Server:
             return ""
 
     def log_warnings(self):
-        """Lines of the log at WARNING or above (the servers log nothing else)."""
+        """Lines of the log at WARNING or above (the servers log nothing else), and the last
+    line of each traceback (the exception)."""
         try:
             with open(self.log_path, errors="replace") as file:
                 return [line.rstrip() for line in file if " WARNING " in line or " ERROR " in line
-                        or "Traceback" in line or "[CRITICAL]" in line]
+                        or "Traceback" in line or "[CRITICAL]" in line or EXCEPTION_LINE.match(line)]
         except FileNotFoundError:
             return []
 
@@ -326,13 +357,14 @@ class Cluster:
     """``servers`` gunicorn servers of ``workers`` workers each, sharing one database and
     one Redis (when given): a message sent on one server reaches the others via Redis."""
 
-    def __init__(self, directory, name, database_url, redis_url, servers=1, workers=1, extra_env=None):
+    def __init__(self, directory, name, database_url, redis_url, servers=1, workers=1, extra_env=None, nofile=None):
         self.name = name
         self.directory = directory
         self.database_url = database_url
         self.redis_url = redis_url
         self.servers = [
-            Server(directory, f"{name}-s{i}", database_url, redis_url, workers, extra_env) for i in range(servers)
+            Server(directory, f"{name}-s{i}", database_url, redis_url, workers, extra_env, nofile)
+            for i in range(servers)
         ]
 
     def start(self):

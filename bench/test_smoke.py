@@ -42,7 +42,8 @@ def smoke(out_dir):
         "--quick", "--out", str(out_dir),
         # Not the peers (f): they install Flask-SocketIO from PyPI into a virtualenv first.
         "--scenarios", ",".join(name for name in run.SCENARIOS if name != "peers"),
-        "--capacity-steps", "50,150",
+        # Two load-generator processes, from 127.0.0.2 and .3 (bench/fleet.py).
+        "--capacity-steps", "50,150", "--capacity-processes", "2",
         "--fanout-sizes", "5,40", "--fanout-messages", "2",
         "--configs", "sqlite-2x1,pg-1x1", "--shapes", "3x10", "--steps", "300,600", "--step-seconds", "1",
         "--drain-seconds", "2",
@@ -64,8 +65,10 @@ def test_every_scenario_small(tmp_path):
     results = smoke(tmp_path)
     for key in ("capacity", "fanout_ws", "throughput", "fanout_sse", "slow_client"):
         assert key in results and not results[key].get("error"), f"{key}: {results.get(key)}"
+    assert results["capacity"]["generator_processes"] == 2
     for step in results["capacity"]["steps"]:
         _exact(step["broadcast"], f"capacity {step['connections']}")
+        assert step["connections"] == step["target"] == step["broadcast"]["clients"], step
         assert step["rss_kb"] > results["capacity"]["baseline_rss_kb"]
     for key in ("fanout_ws", "fanout_sse"):
         assert [s["size"] for s in results[key]["sizes"]] == [5, 40]
