@@ -123,11 +123,13 @@ def test_the_metrics_count_what_happens(live):
     assert socket.recv()["message"] == "hello"
     socket.send("a", "")
     assert "error" in socket.recv()
+    socket.ws.send("not json")
+    assert "error" in socket.recv()
     assert server.metric("chat_messages_stored_total") == 2
     assert server.metric("chat_replayed_messages_total") >= 1
     assert server.metric("chat_deliveries_total") == 2  # "hello" to the socket and the stream
     assert server.metric("chat_delivery_latency_seconds_count") >= 1
-    assert server.metric("chat_refused_total", reason="bad_input") == 1
+    assert server.metric("chat_refused_total", reason="bad_input") == 2  # an empty message, a frame not JSON
     assert server.metric("chat_open_connections", kind="websocket") == 1
     assert server.metric("chat_open_connections", kind="event_stream") == 1
     wait_for(lambda: server.metric("chat_serving_greenlets") == 2, message="two serving greenlets")

@@ -111,16 +111,22 @@ def clean_room_name(value, limit):
     return _clean_line(value, "room name", limit, "the room needs a name")
 
 
+def malformed(reason):
+    """A Malformed error for input not even of the expected shape, counted as refused."""
+    metrics.REFUSED.labels("bad_input").inc()
+    return Malformed(reason)
+
+
 def parse_fields(data):
     """Check a JSON object holds exactly ``handle`` and ``message``; return them raw."""
     if not isinstance(data, dict):
-        raise Malformed('expected a JSON object like {"handle": "...", "message": "..."}')
+        raise malformed('expected a JSON object like {"handle": "...", "message": "..."}')
     unknown = sorted(set(data) - {"handle", "message"})
     if unknown:
-        raise Malformed("unexpected field(s): " + ", ".join(map(str, unknown))[:200])
+        raise malformed("unexpected field(s): " + ", ".join(map(str, unknown))[:200])
     missing = [name for name in ("handle", "message") if name not in data]
     if missing:
-        raise Malformed("missing field(s): " + ", ".join(missing))
+        raise malformed("missing field(s): " + ", ".join(missing))
     return data["handle"], data["message"]
 
 

@@ -242,11 +242,11 @@ def _dropped(address, kind, reason):
 
 def _decode(frame):
     if isinstance(frame, bytes):
-        raise chat.Malformed("send text frames, not binary")
+        raise chat.malformed("send text frames, not binary")
     try:
         return json.loads(frame)
     except (ValueError, RecursionError):
-        raise chat.Malformed("not valid JSON") from None
+        raise chat.malformed("not valid JSON") from None
 
 
 def _read_json_frame(frame):
@@ -263,7 +263,7 @@ def _read_htmx_frame(frame):
     # typing signal and name change say so in "action".
     data = _decode(frame)
     if not isinstance(data, dict):
-        raise chat.Malformed("expected the chat form")
+        raise chat.malformed("expected the chat form")
     action = data.get("action") if data.get("action") in ("typing", "handle") else "message"
     return action, data.get("handle"), data.get("message")
 
