@@ -456,6 +456,10 @@
     stream.addEventListener("room", (event) => {
       htmx.swap($("room-name"), event.data, { swapStyle: "innerHTML" });
     });
+    stream.addEventListener("lock", (event) => {
+      const notice = $("room-locked");
+      if (notice) notice.hidden = event.data !== "locked";
+    });
     stream.addEventListener("reset", () => {
       stream.close();
       location.reload(); // more was missed than is replayed: start from the latest

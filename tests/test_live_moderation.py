@@ -148,23 +148,33 @@ def test_a_locked_room_refuses_sends_on_every_path_and_server(pair):
     for server in (one, two):
         session = requests.Session()
         sessions[server] = (session, csrf_token(session.get(f"{server.url}/quiet/").text))
+    watcher = WSClient(two.ws_url("/chat/quiet/?events=lock"))  # told of locks as they happen
     assert requests.put(f"{one.url}/api/rooms/quiet/lock", headers=AUTH, timeout=5).json()["locked"] is True
+    assert json.loads(watcher.recv(timeout=5)) == {"locked": True}
     for server in (one, two):
         wait_for(lambda server=server: refused_on_api(server, "quiet"), timeout=10, message="locked")
         refusals = _send_everywhere(server, "quiet", *sessions[server])
         assert all(reason and "locked" in reason for reason in refusals.values()), refusals
-        assert 'id="room-locked"' in server.get("/quiet/").text
+        assert _lock_notice(server.get("/quiet/").text) == "shown"
     assert api_ids(one, "quiet") == []
 
     result = flask_command(two, "unlock-room", "quiet")
     assert result.returncode == 0, result.stderr
+    assert json.loads(watcher.recv(timeout=5)) == {"locked": False}
+    watcher.close()
     for server in (one, two):
         wait_for(lambda server=server: not refused_on_api(server, "quiet"), timeout=10, message="unlocked")
         before = len(api_ids(server, "quiet", "?limit=200"))
         assert _send_everywhere(server, "quiet", *sessions[server]) == dict.fromkeys(
             ("api", "form", "json socket", "htmx socket"))
         assert len(api_ids(server, "quiet", "?limit=200")) == before + 4
-        assert 'id="room-locked"' not in server.get("/quiet/").text
+        assert _lock_notice(server.get("/quiet/").text) == "hidden"
+
+
+def _lock_notice(page):
+    """Whether the page shows its read-only notice (it is always there, hidden when open)."""
+    (notice,) = [line for line in page.splitlines() if 'id="room-locked"' in line]
+    return "hidden" if " hidden>" in notice else "shown"
 
 
 def test_a_blocked_address_is_refused_on_every_server(pair):

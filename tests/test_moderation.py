@@ -197,7 +197,7 @@ def test_a_locked_room_refuses_sends_with_a_reason_and_unlocking_restores(admin,
     assert admin.get("/api/rooms").get_json()["rooms"][0]["name"] == "lobby"
     assert admin.delete("/api/rooms/lobby/lock", headers=AUTH).get_json() == {"room": "lobby", "locked": False}
     assert post(admin, "lobby", "hello").status_code == 201
-    assert parse(admin.get("/lobby/").get_data(as_text=True)).by_id("room-locked") is None
+    assert "hidden" in parse(admin.get("/lobby/").get_data(as_text=True)).by_id("room-locked").attrs  # hidden
     assert admin.put("/api/rooms/nowhere/lock", headers=AUTH).status_code == 404
 
 

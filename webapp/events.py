@@ -24,7 +24,7 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__)
 
-OPTIONAL_KINDS = frozenset({"room"})  # renames, for the embed: ?events=room
+OPTIONAL_KINDS = frozenset({"room", "lock"})  # renames (the embed: ?events=room), locks
 ALWAYS_KINDS = frozenset({"delete", "clear"})  # an operator deleted messages
 
 

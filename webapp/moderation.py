@@ -127,12 +127,13 @@ def clear_room(label, actor, announce=None):
     return removed
 
 
-def set_locked(label, locked, actor):
-    """Lock (read-only) or unlock a room."""
+def set_locked(label, locked, actor, announce=None):
+    """Lock (read-only) or unlock a room; open pages show or hide the notice at once."""
     room = _room(label)
     with db.connection():
         db.write_transaction(lambda: Room.update(locked=locked).where(Room.id == room.id).execute())
     _gate().forget()
+    _broadcast(room.label, "lock", {"locked": locked}, announce)
     _logged("lock_room" if locked else "unlock_room", room.label, actor)
 
 
@@ -218,7 +219,7 @@ def clear_room_command(label):
 @with_appcontext
 def lock_room_command(label):
     """Make room LABEL read-only (sends are refused)."""
-    _from_shell(set_locked, label, True, SHELL)
+    _from_shell(set_locked, label, True, SHELL, _announce_now)
     click.echo(f"locked {label}")
 
 
@@ -227,7 +228,7 @@ def lock_room_command(label):
 @with_appcontext
 def unlock_room_command(label):
     """Let room LABEL take messages again."""
-    _from_shell(set_locked, label, False, SHELL)
+    _from_shell(set_locked, label, False, SHELL, _announce_now)
     click.echo(f"unlocked {label}")
 
 

@@ -124,6 +124,9 @@ class WireForms:
     def _json_room(self, room):
         return text_frame(to_json({"name": room["name"]}))
 
+    def _json_lock(self, lock):
+        return text_frame(to_json({"locked": bool(lock["locked"])}))
+
     def _json_delete(self, deleted):
         return text_frame(to_json({"deleted": deleted["id"]}))
 
@@ -143,6 +146,9 @@ class WireForms:
 
     def _html_typing(self, typing):
         return text_frame(self._render("_typing.html", handle=typing["handle"], oob=True))
+
+    def _html_lock(self, lock):
+        return text_frame(self._render("_locked.html", locked=lock["locked"], oob=True))
 
     def _html_room(self, room):
         return text_frame(self._render("_room_name.html", name=room["name"], oob=True))
@@ -167,6 +173,9 @@ class WireForms:
 
     def _sse_typing(self, typing):
         return f"event: typing\ndata: {to_json(typing['handle'])}\n\n".encode()
+
+    def _sse_lock(self, lock):
+        return f"event: lock\ndata: {'locked' if lock['locked'] else 'unlocked'}\n\n".encode()
 
     def _sse_room(self, room):
         # The name as HTML text (escaped, one line): the embed swaps it into its header.

@@ -29,7 +29,7 @@ from .websocket import INTERNAL_ERROR, RESTARTING, UNKNOWN_ROOM, CallerReads, No
 log = logging.getLogger(__name__)
 bp = Blueprint("sockets", __name__)
 
-EXTRA_KINDS = frozenset({"presence", "typing", "room"})
+EXTRA_KINDS = frozenset({"presence", "typing", "room", "lock"})
 # Deletions by an operator (one message, or a room cleared): ``?events=deletes``.
 DELETE_KINDS = frozenset({"delete", "clear"})
 

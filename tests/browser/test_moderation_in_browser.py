@@ -66,3 +66,27 @@ def test_a_deleted_message_leaves_pages_and_embeds_on_the_other_server_at_once(p
     assert cleared.json() == {"room": "mod", "deleted": 2}
     for view in views:
         expect(view.locator("#chat .msg")).to_have_count(0, timeout=3000)
+
+
+def test_a_lock_shows_on_open_pages_at_once_and_unlocking_hides_it(pair, open_page):
+    """README, Moderation: locking a room shows its read-only notice on every open page
+    (socket or event-stream fallback) on every server at once; unlocking hides it."""
+    one, two = pair
+    one.open_room("lockable")
+    page = open_page(two.url + "/lockable/")
+    fallback = open_page()
+    fallback.route_web_socket("**/ws/**", lambda socket: socket.close())
+    fallback.goto(two.url + "/lockable/")
+    wait_live(page)
+    expect(fallback.locator("#status")).to_have_attribute("data-state", "fallback", timeout=10_000)
+    for view in (page, fallback):
+        expect(view.locator("#room-locked")).to_be_hidden()
+    for method, visible in (("PUT", True), ("DELETE", False)):
+        response = requests.request(method, f"{one.url}/api/rooms/lockable/lock",
+                                    headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert response.json()["locked"] is visible
+        for view in (page, fallback):
+            if visible:
+                expect(view.locator("#room-locked")).to_be_visible(timeout=3000)
+            else:
+                expect(view.locator("#room-locked")).to_be_hidden(timeout=3000)
