@@ -16,7 +16,7 @@ from collections import Counter
 
 import gevent
 
-from .leases import REDIS_ERRORS, Leases, process_id
+from .leases import REDIS_ERRORS, Leases, Outage, process_id
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class RedisAdmission(LocalAdmission):
         self._prefix = f"{prefix}:conns:"
         self._ids = itertools.count()
         self._pid = None
-        self._failing = False
+        self._outage = Outage(log, ("connection counts unavailable in Redis; counting this process's own",
+                                    "admission_fallback"),
+                              ("connection counts shared in Redis again", "admission_recovered"))
 
     def admit(self, address):
         self._start()
@@ -71,9 +73,9 @@ class RedisAdmission(LocalAdmission):
         try:
             with self._leases.calling():
                 admitted = self._leases.script(ADMIT)(keys=[key], args=[self.limit, member, self._leases.ttl])
-            self._failed(None)
+            self._outage.worked()
         except REDIS_ERRORS as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             if super().admit(address) is None:
                 return None
         else:
@@ -93,15 +95,6 @@ class RedisAdmission(LocalAdmission):
             except REDIS_ERRORS:
                 pass  # it lapses within the TTL
 
-    def _failed(self, exc):
-        """Log the first failure and the recovery, not every call in between."""
-        if exc is not None and not self._failing:
-            log.warning("connection counts unavailable in Redis; counting this process's own",
-                        extra={"event": "admission_fallback", "error": str(exc)})
-        elif exc is None and self._failing:
-            log.info("connection counts shared in Redis again", extra={"event": "admission_recovered"})
-        self._failing = exc is not None
-
     def _start(self):
         if self._pid != os.getpid():
             self._pid = os.getpid()
@@ -112,9 +105,9 @@ class RedisAdmission(LocalAdmission):
             gevent.sleep(self._leases.ttl / 3)
             try:
                 self._leases.refresh()
-                self._failed(None)
+                self._outage.worked()
             except REDIS_ERRORS as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
 
 
 def make_admission(config):

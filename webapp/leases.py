@@ -51,6 +51,29 @@ def process_id():
     return _process["id"]
 
 
+class Outage:
+    """Says in the log when calls to Redis start failing, and when they work again, not
+    on every call in between."""
+
+    def __init__(self, logger, failed, recovered):
+        """``failed`` and ``recovered``: (message, event) of the two log lines."""
+        self._log = logger
+        self._failed, self._recovered = failed, recovered
+        self.active = False
+
+    def failed(self, exc):
+        if not self.active:
+            self.active = True
+            message, event = self._failed
+            self._log.warning(message, extra={"event": event, "error": str(exc)})
+
+    def worked(self):
+        if self.active:
+            self.active = False
+            message, event = self._recovered
+            self._log.info(message, extra={"event": event})
+
+
 # KEYS[1] the set; ARGV: ttl, member [, a member to drop]. Redis's clock.
 ADD = """
 local t = redis.call('TIME')

@@ -20,7 +20,7 @@ import logging
 
 import gevent
 
-from .leases import REDIS_ERRORS, Leases, process_id
+from .leases import REDIS_ERRORS, Leases, Outage, process_id
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class RedisPresence(MemoryPresence):
         self.ttl = ttl
         self._prefix = f"{prefix}:presence:"
         self._leases = Leases(url, ttl)
-        self._failing = False
+        self._outage = Outage(log, ("presence unavailable in Redis; showing this worker's own until it is back",
+                                    "presence_failed"), ("presence in Redis again", "presence_recovered"))
 
     def _key(self, label):
         return self._prefix + label
@@ -103,14 +104,9 @@ class RedisPresence(MemoryPresence):
         try:
             result = operation(*args)
         except REDIS_ERRORS as exc:
-            if not self._failing:
-                self._failing = True
-                log.warning("presence unavailable in Redis; showing this worker's own until it is back",
-                            extra={"event": "presence_failed", "error": str(exc)})
+            self._outage.failed(exc)
             return None
-        if self._failing:
-            self._failing = False
-            log.info("presence in Redis again", extra={"event": "presence_recovered"})
+        self._outage.worked()
         return result
 
 
