@@ -12,11 +12,9 @@ Security, checked before any route runs:
   every limit of ``throttle``), wrong tokens included, so a token cannot be guessed quickly.
 """
 
-import hmac
-
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from . import chat, moderation
+from . import chat, moderation, security
 from .extensions import csrf
 
 bp = Blueprint("admin", __name__, url_prefix="/api")
@@ -27,11 +25,6 @@ class _Unauthorized(Exception):
     pass
 
 
-def _bearer_token():
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
 @bp.before_request
 def _authorize():
     """404 when the admin API is off; 429 over the rate; 401 without the right token."""
@@ -40,8 +33,7 @@ def _authorize():
         abort(404)
     if not current_app.extensions["chat.throttle"].hit("admin", request.remote_addr):
         return jsonify(error="too many admin requests; wait a minute"), 429
-    given = _bearer_token()
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not security.bearer_matches(expected):
         raise _Unauthorized()
     return None
 

@@ -6,12 +6,11 @@ worker answers it, sums them (gauges of open connections count live workers only
 Without it (tests, ``flask`` commands) the process's own registry is used.
 """
 
-import hmac
 import os
 import time
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -22,6 +21,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from . import security  # (which imports this module too: used at call time only)
 
 OPEN_CONNECTIONS = Gauge(
     "chat_open_connections", "Open WebSockets and event streams.", ["kind"], multiprocess_mode="livesum"
@@ -67,10 +68,8 @@ bp = Blueprint("metrics", __name__)
 def scrape():
     """Every metric, summed over the workers; behind METRICS_TOKEN when one is set."""
     token = current_app.config["METRICS_TOKEN"]
-    if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            return Response("Send Authorization: Bearer <METRICS_TOKEN>.\n", 401, mimetype="text/plain",
+    if token is not None and not security.bearer_matches(token):
+        return Response("Send Authorization: Bearer <METRICS_TOKEN>.\n", 401, mimetype="text/plain",
                             headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -9,6 +9,7 @@
   before the upgrade (no ``Origin`` header means a script, which is allowed).
 """
 
+import hmac
 import ipaddress
 import logging
 from urllib.parse import urlsplit
@@ -45,6 +46,13 @@ def origin_allowed(origin):
     if origin in current_app.config["ALLOWED_ORIGINS"]:
         return True
     return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def bearer_matches(expected):
+    """True when the request carries ``Authorization: Bearer <expected>``, compared in
+    constant time (the admin API's and /metrics' tokens)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
 def _refuse_cross_site():
