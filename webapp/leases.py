@@ -30,14 +30,11 @@ from contextlib import contextmanager
 
 import gevent
 import redis
-from redis.exceptions import RedisClusterException
 
-from .redisconn import RedisConnector
+from .redisconn import REDIS_ERRORS, RedisConnector
 
 log = logging.getLogger(__name__)
 
-# What a call to Redis (or a Redis Cluster) may raise when it is away or failing over.
-REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
 DEADLINE = 1.0  # the longest a caller waits on Redis (a cluster's own retries take longer)
 AWAY = 5.0  # after a failure, callers fall back at once for this long (refreshes still ask)
 

@@ -19,6 +19,9 @@ from redis.exceptions import RedisClusterException
 
 log = logging.getLogger(__name__)
 
+# What a call to Redis (or a Redis Cluster) may raise when it is away or failing over.
+REDIS_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+
 # Every client made here: fail fast (callers fall back or retry on their own), keep idle
 # connections alive through NAT and firewalls.
 DEFAULTS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0, "socket_keepalive": True}
@@ -55,7 +58,7 @@ class RedisConnector:
         try:
             cluster = is_cluster(self.url, self.options["socket_connect_timeout"])
             self._client = self._make(cluster)
-        except (redis.RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed_at = time.monotonic()
             raise redis.ConnectionError(f"Redis at {self.url} did not answer: {exc}") from exc
         self.cluster = cluster

@@ -34,8 +34,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from .leases import REDIS_ERRORS
-from .redisconn import is_cluster
+from .redisconn import REDIS_ERRORS, is_cluster
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ map again and subscribes the channels where they now live. Publishing goes throu
 import logging
 
 import redis
-from redis.exceptions import RedisClusterException
 
+from ..redisconn import REDIS_ERRORS
 from .redis import SUBSCRIBER_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,19 @@ class ClusterRedis:
                 pipe.spublish(channel, payload)
             pipe.execute()
             return []
-        except (redis.RedisError, RedisClusterException, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.debug("pipelined SPUBLISH failed (%s); sending one by one", exc)
         kept, away = [], set()
         for channel, payload in batch:
             try:
                 node = self.node_for(channel)
-            except (redis.RedisError, RedisClusterException, OSError):
+            except REDIS_ERRORS:
                 node = None  # its slot is not served right now
             if node is not None and node not in away:
                 try:
                     self.client.spublish(channel, payload)
                     continue
-                except (redis.RedisError, RedisClusterException, OSError):
+                except REDIS_ERRORS:
                     away.add(node)
             kept.append((channel, payload))
         return kept

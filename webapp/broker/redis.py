@@ -35,7 +35,7 @@ from gevent.queue import Empty, Full, Queue
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..redisconn import RedisConnector
+from ..redisconn import REDIS_ERRORS, RedisConnector
 from .base import Broker
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ class RedisBroker(Broker):
             return
         try:
             node = self.topology.node_for(channel)
-        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        except REDIS_ERRORS:
             self._homeless.add(channel)
             self._lost.set()
             return
@@ -299,7 +299,7 @@ class RedisBroker(Broker):
             if self._needs_rehome():
                 try:
                     self._rehome()
-                except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+                except REDIS_ERRORS as exc:
                     delay = self._rehome_delay()
                     self._failures += 1
                     log.warning("Redis unreachable; retrying", extra={
@@ -357,7 +357,7 @@ class RedisBroker(Broker):
                 self._probe.client()
                 return False
             return self.topology.healthy() and not self._homeless
-        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError):
+        except REDIS_ERRORS:
             return False
 
     # -- publishing ---------------------------------------------------------------------
@@ -404,7 +404,7 @@ class RedisBroker(Broker):
                     log.info("publishing to Redis again",
                              extra={"event": "broker_publish_recovered", "attempts": failures})
                 failures = 0
-            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 delay = min(self._backoff(failures), self.REHOME_BACKOFF_MAX)
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
