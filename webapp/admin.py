@@ -14,7 +14,7 @@ Security, checked before any route runs:
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from . import chat, moderation, security
+from . import moderation, security
 from .extensions import csrf
 
 bp = Blueprint("admin", __name__, url_prefix="/api")
@@ -49,11 +49,6 @@ def _unauthorized(_exc):
 @bp.errorhandler(moderation.NotFound)
 def _not_found(exc):
     return jsonify(error=str(exc)), 404
-
-
-@bp.errorhandler(chat.BadInput)
-def _bad_input(exc):
-    return jsonify(error=str(exc)), exc.status
 
 
 def _actor():

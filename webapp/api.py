@@ -27,11 +27,6 @@ def _api_error(exc):
     return jsonify(error=str(exc)), exc.status
 
 
-@bp.errorhandler(chat.BadInput)
-def _bad_input(exc):
-    return jsonify(error=str(exc)), exc.status
-
-
 def _room(label):
     room = Room.by_label(label) if chat.is_valid_label(label) else None
     if room is None:

@@ -39,7 +39,9 @@ def _http_error(exc):
 
 
 def _bad_input(exc):
-    """Input refused before a view could answer it itself (e.g. a socket's ``last_id``)."""
+    """Input refused (chat.BadInput and its kinds) that a view did not answer itself: the
+    reason with its status, as ``{"error"}`` under /api/ (the API's and the admin API's
+    bad input), as a page elsewhere (e.g. a socket's bad ``last_id``)."""
     return _answer(exc.status, HTTP_STATUS_CODES.get(exc.status, "Bad Request"), str(exc))
 
 
