@@ -21,13 +21,14 @@ pytestmark = pytest.mark.live
 
 TOKEN = "live-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REFRESH = 0.5  # MODERATION_REFRESH of these servers: how stale a worker's lists may be
 
 
 @pytest.fixture
 def pair(live, redis_server, tmp_path):
     """Two servers (one worker each) sharing a SQLite file and Redis, admin API on."""
     database = f"sqlite:///{tmp_path}/shared.sqlite3"
-    env = {"REDIS_URL": redis_server.url, "ADMIN_TOKEN": TOKEN, "MODERATION_REFRESH": "0.5"}
+    env = {"REDIS_URL": redis_server.url, "ADMIN_TOKEN": TOKEN, "MODERATION_REFRESH": str(REFRESH)}
     return live("one", database_url=database, **env), live("two", database_url=database, **env)
 
 
@@ -151,6 +152,7 @@ def test_a_locked_room_refuses_sends_on_every_path_and_server(pair):
     watcher = WSClient(two.ws_url("/chat/quiet/?events=lock"))  # told of locks as they happen
     assert requests.put(f"{one.url}/api/rooms/quiet/lock", headers=AUTH, timeout=5).json()["locked"] is True
     assert json.loads(watcher.recv(timeout=5)) == {"locked": True}
+    time.sleep(REFRESH + 0.5)
     for server in (one, two):
         wait_for(lambda server=server: refused_on_api(server, "quiet"), timeout=10, message="locked")
         refusals = _send_everywhere(server, "quiet", *sessions[server])
@@ -162,6 +164,7 @@ def test_a_locked_room_refuses_sends_on_every_path_and_server(pair):
     assert result.returncode == 0, result.stderr
     assert json.loads(watcher.recv(timeout=5)) == {"locked": False}
     watcher.close()
+    time.sleep(REFRESH + 0.5)  # every worker's copy of the lists is now newer than the change
     for server in (one, two):
         wait_for(lambda server=server: not refused_on_api(server, "quiet"), timeout=10, message="unlocked")
         before = len(api_ids(server, "quiet", "?limit=200"))
