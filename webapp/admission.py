@@ -15,6 +15,7 @@ import os
 from collections import Counter
 
 import gevent
+from flask import current_app, g
 
 from .leases import REDIS_ERRORS, Leases, Outage, process_id
 
@@ -115,6 +116,20 @@ def make_admission(config):
     if limit and config["REDIS_URL"]:
         return RedisAdmission(limit, config["REDIS_URL"], config["REDIS_CHANNEL_PREFIX"], config["PRESENCE_TTL"])
     return LocalAdmission(limit)
+
+
+def hand_over():
+    """For a socket or stream that outlives its request: take this request's admission
+    (its teardown then keeps it) and return a function that gives it back, to call
+    once the connection ends."""
+    token = g.pop("admission", None)
+    admission = current_app.extensions["chat.admission"]
+
+    def release():
+        if token is not None:
+            admission.release(token)
+
+    return release
 
 
 def init_app(app):

@@ -4,9 +4,9 @@ A stream is answered on the connection's own socket, like a WebSocket after its
 handshake: the response head is built by Flask (so every security header applies) and
 written once; from then on the hub writes each event's bytes (built once per message,
 shared by every stream) without blocking, through the same bounded backlog as sockets
-(``Transport``). The handler greenlet meanwhile reads the socket, so a client that goes
-away is noticed at once. The body ends when the connection closes; heartbeat comments
-come from the realtime keepalive sweep.
+(``Transport``). Then the handler returns: the event loop watches the socket, so a
+client that goes away is noticed at once, and no greenlet waits meanwhile. The body ends
+when the connection closes; heartbeat comments come from the realtime keepalive sweep.
 
 The replay (``Last-Event-ID``, else ``?last_id``) is read from the database before
 anything else is sent; the stream holds no database connection while it waits.
@@ -17,7 +17,7 @@ import time
 
 from flask import Blueprint, Response, abort, current_app, request
 
-from . import chat, db, metrics
+from . import admission, chat, db, metrics
 from .hub import Listener
 from .transport import Transport
 
@@ -38,19 +38,15 @@ class EventStream(Transport):
         self.heartbeat = heartbeat
         self.last_beat = time.monotonic()  # a comment every ``heartbeat`` s, busy or not
 
-    def wait_closed(self):
-        """Block this greenlet until the client (or the server) ends the stream.
-
-        A stream client sends nothing after its request: bytes from it mean it is done
-        (or misbehaving), and the stream ends at once instead of reading on (gevent's recv
-        would return at once while data is buffered, never letting others run)."""
-        try:
-            data = self._sock.recv(1024)
-        except OSError:
-            data = b""
+    def read_available(self):
+        """A stream client sends nothing after its request: bytes from it mean it is done
+        (or misbehaving), and the stream ends at once instead of reading on."""
+        data = self._recv(1024)
+        if data is None:
+            return True
         if data and not self.closed:
             log.info("an event-stream client sent data; stream closed", extra={"event": "stream_client_wrote"})
-        self.teardown()
+        return False
 
     def keepalive(self, now, interval, timeout):
         if self.closed or self.drop_if_stuck(now):
@@ -114,9 +110,10 @@ def _response_head():
 
 
 def _serve(listener, sock, room, after):
-    """Answer on the socket: the head, the replay, then whatever the hub writes, until
-    the connection closes."""
+    """Answer on the socket: the head and the replay; then hand the stream to the event
+    loop (the hub writes to it, and it leaves the room once the connection closes)."""
     config = current_app.config
+    realtime = current_app.extensions["chat.realtime"]
     listener.stream = stream = EventStream(
         sock,
         (config["SEND_BACKLOG_MAX_BYTES"], config["SEND_BACKLOG_MAX_SECONDS"]),
@@ -126,11 +123,21 @@ def _serve(listener, sock, room, after):
     )
     try:
         stream.write(_response_head() + f"retry: {config['SSE_RETRY_MS']}\n: connected to {room.label}\n\n".encode())
-        current_app.extensions["chat.realtime"].start_delivery(listener, room, replay=after is not None)
+        realtime.start_delivery(listener, room, replay=after is not None)
         stream.last_beat = time.monotonic()
-        stream.wait_closed()
     except db.StorageUnavailable:
         stream.teardown()  # the head is out: the client sees the stream end, and retries
+    except Exception:  # a fault nobody foresaw: logged, and the stream ends
+        log.exception("unhandled error on an event stream", extra={"event": "unhandled_error", "path": request.path})
+        stream.teardown()
+    release_admission = admission.hand_over()
+
+    def end():
+        with realtime.app.app_context():
+            realtime.leave(listener)
+            release_admission()
+
+    stream.watch(end)
 
 
 def _dropped(kind, reason):
@@ -160,9 +167,10 @@ def stream(label):
             abort(503, description="The server is restarting.")
         room = chat.RoomRef.of(room)
         realtime.join(listener, room, after)
-        _serve(listener, sock, room, after)
-    finally:
+    except BaseException:
         realtime.leave(listener)
+        raise
+    _serve(listener, sock, room, after)  # leaves the room when the stream ends
     return _Answered()
 
 

@@ -29,7 +29,8 @@ OPEN_CONNECTIONS = Gauge(
 )
 SERVING_GREENLETS = Gauge(
     "chat_serving_greenlets",
-    "Greenlets that served a socket or stream and have not finished.",
+    "Greenlets still in a socket's or stream's request (its handshake and setup); none "
+    "waits on an open connection, so this is 0 whenever they are all idle.",
     multiprocess_mode="livesum",
 )
 MESSAGES_STORED = Counter("chat_messages_stored_total", "Messages stored.")

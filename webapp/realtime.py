@@ -88,6 +88,14 @@ class Realtime:
         for listener in listeners:
             listener.close(1012, "server restarting")
 
+    def wait_drained(self, timeout):
+        """After ``drain``: wait (up to ``timeout`` s) until every connection has ended.
+        No greenlet waits on an open connection, so gunicorn sees none: its worker would
+        exit at once, cutting sockets before their 1012 went out."""
+        deadline = time.monotonic() + timeout
+        while any(True for _ in self.hub.listeners()) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
     # -- sending --------------------------------------------------------------------
 
     def publish_message(self, label, message, previous):

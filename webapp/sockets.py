@@ -2,8 +2,9 @@
 
 Both take ``{"handle", "message"}`` frames and push every message of the room; they differ
 in what they push (JSON, or server-rendered rows swapped in by htmx) and in how they
-report a refused frame. Each connection is one greenlet that reads its frames;
-deliveries come from the hub (see ``realtime``).
+report a refused frame. No greenlet waits on a connection: the event loop watches it,
+and its frames are handled as they arrive (see ``websocket``); deliveries come from the
+hub (see ``realtime``).
 
 Beyond messages, the htmx socket always gets who is here (``presence``), who is typing
 and renames of the room; its frames may carry ``"action": "typing"`` or ``"handle"``.
@@ -16,11 +17,12 @@ it says who it is (``?handle=``).
 import json
 import logging
 import time
+from contextlib import contextmanager
 
 from flask import Blueprint, current_app, g, request, session
 from werkzeug.exceptions import TooManyRequests
 
-from . import chat, db, metrics
+from . import admission, chat, db, metrics
 from .extensions import sock
 from .hub import Listener
 from .rendering import to_json
@@ -157,9 +159,10 @@ def _leave(exc):
 
 
 def _serve(server, read_frame, reply_error):
-    """Run one socket: deliver (after a replay if ?last_id asked), then read frames."""
+    """Set one socket up (deliveries, after a replay if ?last_id asked) and hand it to
+    the event loop: its frames are handled as they come (``_Connection``), and this
+    greenlet, with the request, ends now."""
     config = current_app.config
-    realtime = current_app.extensions["chat.realtime"]
     address, room = request.remote_addr, g.get("socket_room")
     ws = WebSocket(
         server,
@@ -168,35 +171,67 @@ def _serve(server, read_frame, reply_error):
         send_buffer=config["SOCKET_SEND_BUFFER"],
         on_drop=lambda kind, reason: _dropped(address, kind, reason),
     )
+    # The connection outlives the request: it leaves its room and gives its admission
+    # back when it ends, not when this handler returns.
+    connection = _Connection(ws, g.pop("socket_listener", None), admission.hand_over(), read_frame, reply_error)
     if room is None:
         ws.close(*g.socket_refusal)
     else:
-        listener = g.socket_listener
-        listener.attach(ws)
-        actions = _Actions(realtime, room, listener, chat.Sender(address, connection=f"ws:{id(ws)}"))
+        connection.start(room, chat.Sender(address, connection=f"ws:{id(ws)}"))
+    ws.listen(connection.on_message, connection.on_end)
+
+
+class _Connection:
+    """One open socket after its handshake: what its frames ask for, and its end."""
+
+    __slots__ = ("app", "ws", "listener", "release_admission", "read_frame", "reply_error", "actions", "path")
+
+    def __init__(self, ws, listener, release_admission, read_frame, reply_error):
+        self.app = current_app._get_current_object()
+        self.ws, self.listener, self.release_admission = ws, listener, release_admission
+        self.read_frame, self.reply_error = read_frame, reply_error
+        self.actions = None
+        self.path = request.path
+
+    def start(self, room, sender):
+        realtime = self.app.extensions["chat.realtime"]
+        self.listener.attach(self.ws)
+        self.actions = _Actions(realtime, room, self.listener, sender)
+        with self._guard():
+            realtime.start_delivery(self.listener, room, replay=g.socket_last_id is not None)
+            self.actions.arrive(g.socket_handle)
+
+    def on_message(self, frame):
+        if self.actions is None or self.ws.closing:
+            return  # a refused or closing socket: only the close handshake is left
+        with self.app.app_context(), self._guard():
+            action = "message"
+            try:
+                action, handle, text = self.read_frame(frame)
+                self.actions.run(action, handle, text)
+            except chat.BadInput as exc:
+                if action != "typing":  # a refused typing signal is not worth a reply
+                    self.reply_error(self.ws, str(exc))
+            except db.StorageUnavailable:
+                self.reply_error(self.ws, "not stored: the database is unavailable; try again")
+
+    @contextmanager
+    def _guard(self):
         try:
-            realtime.start_delivery(listener, room, replay=g.socket_last_id is not None)
-            actions.arrive(g.socket_handle)
-            while (frame := ws.receive()) is not None:
-                action = "message"
-                try:
-                    action, handle, text = read_frame(frame)
-                    actions.run(action, handle, text)
-                except chat.BadInput as exc:
-                    if action != "typing":  # a refused typing signal is not worth a reply
-                        reply_error(ws, str(exc))
-                except db.StorageUnavailable:
-                    reply_error(ws, "not stored: the database is unavailable; try again")
+            yield
         except db.StorageUnavailable:
-            ws.close(INTERNAL_ERROR, "database unavailable")
+            self.ws.close(INTERNAL_ERROR, "database unavailable")
         except Exception:  # a fault nobody foresaw: say so in the log and close with 1011
-            log.exception("unhandled error on a socket", extra={"event": "unhandled_error", "path": request.path})
-            ws.close(INTERNAL_ERROR, "internal error")
-        finally:
-            realtime.leave(listener)
-            current_app.extensions["chat.throttle"].forget(actions.sender.connection)
-    while ws.receive() is not None:  # let the close handshake finish
-        pass
+            log.exception("unhandled error on a socket", extra={"event": "unhandled_error", "path": self.path})
+            self.ws.close(INTERNAL_ERROR, "internal error")
+
+    def on_end(self):
+        with self.app.app_context():
+            if self.listener is not None:
+                current_app.extensions["chat.realtime"].leave(self.listener)
+            if self.actions is not None:
+                current_app.extensions["chat.throttle"].forget(self.actions.sender.connection)
+            self.release_admission()
 
 
 class _Actions:

@@ -7,12 +7,21 @@ marks a client too slow to keep up: it is dropped (``drop``), so one slow reader
 delays anyone else and never holds more than a bounded amount of memory. The kernel's
 own send buffer is fixed (``limit_send_buffer``): Linux would otherwise grow it to
 megabytes for a client that stopped reading, hiding it from the backlog limit.
+
+No greenlet waits on an open connection. The transport takes the socket over from
+gunicorn (``take_over``: once the handler returns, gunicorn's close no longer touches
+it) and ``watch`` hands it to the event loop: an idle connection is a file descriptor
+and a libev watcher, and a greenlet runs only while there is something to read
+(``read_available``). That is most of what a connection used to cost: a greenlet parked
+in ``recv`` keeps its stack, gunicorn's request and Flask's request context alive.
 """
 
 import logging
 import socket
 import time
 from collections import deque
+
+import _socket
 
 import gevent
 from gevent.socket import wait_write
@@ -28,8 +37,17 @@ def limit_send_buffer(sock, size):
         pass
 
 
+def take_over(sock):
+    """The connection of gunicorn's socket ``sock`` as a plain non-blocking socket that
+    gunicorn no longer closes (its socket object is detached from the descriptor)."""
+    own = _socket.socket(fileno=sock.detach())
+    own.setblocking(False)
+    return own
+
+
 class Transport:
-    """A client socket (a gevent socket) that is written without blocking."""
+    """A client connection, taken over from gunicorn, written without blocking and
+    watched by the event loop (``watch``) until it ends."""
 
     __slots__ = (
         "_sock",
@@ -38,15 +56,18 @@ class Transport:
         "_backlog_since",
         "_backlog_limits",
         "_flusher",
+        "_watcher",
+        "_on_end",
         "closing",
         "closed",
         "on_drop",
     )
 
     def __init__(self, sock, backlog_limits, send_buffer=None, on_drop=None):
-        """``backlog_limits`` is (bytes, seconds); ``on_drop(kind, reason)`` hears of
-        drops (kind: "slow", or "silent" for a peer that stopped answering)."""
-        self._sock = sock
+        """``sock`` is gunicorn's socket of the connection (taken over here);
+        ``backlog_limits`` is (bytes, seconds); ``on_drop(kind, reason)`` hears of drops
+        (kind: "slow", or "silent" for a peer that stopped answering)."""
+        self._sock = sock = take_over(sock)
         if send_buffer:
             limit_send_buffer(sock, send_buffer)
         self._backlog = None
@@ -54,6 +75,8 @@ class Transport:
         self._backlog_since = 0.0
         self._backlog_limits = backlog_limits
         self._flusher = None
+        self._watcher = None
+        self._on_end = None
         self.closing = False
         self.closed = False
         self.on_drop = on_drop
@@ -64,10 +87,9 @@ class Transport:
         if self.closing:
             return
         if self._backlog is None and not self.closed:
-            # The common case, once per delivery: straight to the kernel through the
-            # non-blocking socket under gevent's (no Python wrapper, no timeout logic).
+            # The common case, once per delivery: straight to the kernel.
             try:
-                sent = self._sock._sock.send(data)
+                sent = self._sock.send(data)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -92,7 +114,7 @@ class Transport:
             self._backlog_bytes += len(data)
             return
         try:
-            sent = self._sock._sock.send(data)  # never waits: gevent keeps it non-blocking
+            sent = self._sock.send(data)  # never waits: the socket is non-blocking
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -115,7 +137,7 @@ class Transport:
                 wait_write(self._sock.fileno())
                 chunk = self._backlog[0]
                 try:
-                    sent = self._sock.send(chunk, 0, 0.0)
+                    sent = self._sock.send(chunk)
                 except BlockingIOError:
                     continue
                 self._backlog_bytes -= sent
@@ -153,8 +175,61 @@ class Transport:
         self._too_slow(f"too slow: nothing read for {now - self._backlog_since:.1f}s")
         return True
 
+    # -- watching ----------------------------------------------------------------------
+
+    def watch(self, on_end):
+        """Hand the connection to the event loop: from now on ``read_available`` runs (in
+        a greenlet of its own) whenever the peer sent something, and ``on_end()`` once,
+        in a greenlet, when the connection is over and its socket closed. ``teardown``
+        (from anywhere) ends it: the next read sees the end."""
+        self._on_end = on_end
+        self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        self._watcher.start(self._wake)
+
+    def _wake(self):
+        """In the event loop (never blocks): read in a greenlet of its own."""
+        self._watcher.stop()
+        gevent.spawn(self._serve_input)
+
+    def _serve_input(self):
+        try:
+            more = self.read_available()
+        except Exception:  # a fault nobody foresaw: the connection ends, the worker lives
+            log.exception("unhandled error on a connection", extra={"event": "unhandled_error"})
+            more = False
+        if more and not self.closed:
+            self._watcher.start(self._wake)
+        else:
+            self._finish()
+
+    def read_available(self):
+        """Handle what the peer sent (without waiting for more); False once the
+        connection is over (the peer closed it, or it was torn down)."""
+        raise NotImplementedError
+
+    def _recv(self, size):
+        """What the peer sent (b"" at its end or after teardown), or None for nothing yet."""
+        if self.closed:
+            return b""
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _finish(self):
+        self.teardown()
+        if self._watcher is None:
+            return
+        self._watcher.stop()
+        self._watcher = None
+        self._sock.close()  # after the watcher stopped: the number may be reused at once
+        on_end, self._on_end = self._on_end, None
+        on_end()
+
     def teardown(self):
-        """End the TCP connection; the owner's reads then see it closed."""
+        """End the TCP connection; the next read sees it closed."""
         if self.closed:
             return
         self.closed = True

@@ -1,14 +1,16 @@
 """WebSocket connections that cost little per socket.
 
 flask-sock does the routing and simple-websocket the handshake; after that a connection
-here uses the handler's own greenlet for reading (simple-websocket's reader greenlet is
-never started: see ``CallerReads``) and writes without ever blocking (``Transport``): a
-client too slow to keep up is closed with 1013 (try again later). Keepalive pings are
-sent by the owner's periodic sweep (``keepalive``), not by a timer per socket; a peer
-that does not answer within PONG_TIMEOUT is cut off.
+here has no greenlet of its own: the handler sets it up, calls ``listen`` and returns,
+and the event loop watches the socket (``Transport.watch``); a short-lived greenlet reads
+and handles frames when some arrive. simple-websocket's reader greenlet is never started
+(``CallerReads``). Writes never block (``Transport``): a client too slow to keep up is
+closed with 1013 (try again later). Keepalive pings are sent by the owner's periodic
+sweep (``keepalive``), not by a timer per socket; a peer that does not answer within
+PONG_TIMEOUT is cut off.
 
-One client never holds its worker: gevent's ``recv`` returns at once while data is
-buffered, so a client writing without pause would keep the read loop running forever.
+One client never holds its worker: ``recv`` returns at once while data is buffered, so a
+client writing without pause would keep the read loop running forever.
 The loop yields to the event loop after every ``YIELD_EVERY`` frames, a client sending
 more than ``FRAMES_PER_SECOND_MAX`` frames in a second is closed (1008), and every reply
 (pongs, error frames) goes through the same backlog limit as deliveries, so a client
@@ -77,11 +79,8 @@ FINISHED_HANDSHAKE = _FinishedHandshake()
 
 
 class CallerReads:
-    """Passed to simple-websocket as ``thread_class``: start no reader greenlet.
-
-    The handler greenlet reads the socket itself (``WebSocket.receive``), which saves a
-    greenlet and its stack per connection.
-    """
+    """Passed to simple-websocket as ``thread_class``: start no reader greenlet (the
+    event loop watches the socket instead, see ``WebSocket.listen``)."""
 
     def __init__(self, target=None, **_kwargs):
         self.name = "caller-reads"
@@ -105,11 +104,12 @@ class NoEvent:
 
 
 class WebSocket(Transport):
-    """An accepted WebSocket: ``receive`` in the owner's greenlet, ``write`` from anywhere."""
+    """An accepted WebSocket: ``listen`` hands its messages to a callback, ``write``
+    from anywhere."""
 
     __slots__ = (
-        "_server",
         "_ws",
+        "_on_message",
         "_max_message",
         "_incoming",
         "_incoming_bytes",
@@ -125,13 +125,14 @@ class WebSocket(Transport):
     def __init__(self, server, max_message, backlog_limits, send_buffer=None, on_drop=None):
         """``server`` is flask-sock's handshaken simple_websocket.Server."""
         super().__init__(server.sock, backlog_limits, send_buffer, on_drop)
-        self._server = server
+        server.connected = False  # flask-sock's own close() after the handler is a no-op
         self._ws = server.ws
+        self._on_message = None
         self._max_message = max_message
         self._incoming = None
         self._incoming_bytes = 0
-        self._ready = None  # complete messages not yet returned by receive (a list, when any)
-        self._work = 0  # frames handled since this greenlet last yielded
+        self._ready = None  # complete messages not yet handed to on_message (a list, when any)
+        self._work = 0  # frames handled since the reading greenlet last yielded
         self._window_start = 0.0  # the frame budget's current one-second window
         self._window_frames = 0
         if self._ws.connection is not None:
@@ -142,22 +143,24 @@ class WebSocket(Transport):
         self.last_seen = time.monotonic()
         self.ping_sent = None
 
-    # -- reading (owner's greenlet only) ---------------------------------------------
+    # -- reading ---------------------------------------------------------------------
 
-    def receive(self):
-        """The next complete message (``str`` for text, ``bytes`` for binary), or None
-        once the connection has ended."""
-        self._pause()
-        while not self._ready:
-            if self.closed:
-                return None
-            try:
-                data = self._sock.recv(RECEIVE_BYTES)
-            except OSError:
-                data = b""
+    def listen(self, on_message, on_end):
+        """From now on call ``on_message(message)`` (``str`` for text, ``bytes`` for
+        binary) for every complete message, in a greenlet, in order; and ``on_end()``
+        once the connection is over. Returns at once."""
+        self._on_message = on_message
+        self.watch(on_end)
+
+    def read_available(self):
+        """Read and handle what the peer sent, yielding to others every YIELD_EVERY
+        frames; False once the connection is over."""
+        while True:
+            data = self._recv(RECEIVE_BYTES)
+            if data is None:
+                return True
             if not data:
-                self.teardown()
-                return None
+                return False
             self.last_seen = now = time.monotonic()
             if now - self._window_start >= 1.0:
                 self._window_start, self._window_frames = now, 0
@@ -168,15 +171,12 @@ class WebSocket(Transport):
                 if not self.closing:
                     self.close(PROTOCOL_ERROR, "protocol error")
                 log.debug("websocket protocol error: %s", exc)
-            self._pause()
-        return self._ready.pop(0)
-
-    def _pause(self):
-        """Let other greenlets run after every YIELD_EVERY frames: while data is buffered,
-        recv returns at once and never switches by itself."""
-        if self._work >= YIELD_EVERY:
-            self._work = 0
-            gevent.sleep(0)
+            while self._ready:
+                self._on_message(self._ready.pop(0))
+            if self._work >= YIELD_EVERY:
+                # While data is buffered recv returns at once and never switches by itself.
+                self._work = 0
+                gevent.sleep(0)
 
     def _handle_events(self):
         for event in self._ws.events():
@@ -262,7 +262,3 @@ class WebSocket(Transport):
             self.ping_sent = now
             self._write_raw(PING_FRAME)
 
-    def teardown(self):
-        if not self.closed:
-            self._server.connected = False  # flask-sock's own close() becomes a no-op
-        super().teardown()
