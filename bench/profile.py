@@ -42,6 +42,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="sqlite-2x1", help="cluster, e.g. sqlite-2x1 or pg-2x1")
+    parser.add_argument("--shape", default="10x50", help="rooms x members, e.g. 10x50 (or 50x2: mostly per-message work)")
     parser.add_argument("--rate", type=int, default=20000, help="offered deliveries/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of sending")
     parser.add_argument("--sample-rate", type=int, default=200, help="py-spy samples per second")
@@ -81,7 +82,7 @@ def _short(path):
 
 def render(total, groups, leaves, row, args):
     pct = (lambda n: f"{100 * n / total:5.1f}%") if total else (lambda n: "    -")
-    out = [f"Profile of one worker: {args.config}, 10 rooms x 50 WebSocket members, offered {args.rate} "
+    out = [f"Profile of one worker: {args.config}, {args.shape} rooms x WebSocket members, offered {args.rate} "
            f"deliveries/s for {args.seconds:.0f}s ({time.strftime('%Y-%m-%d')})",
            f"result: {row['deliveries_per_s']}/s delivered, p99 {row['latency_ms']['p99']} ms, lost {row['lost']}, "
            f"server CPU {row['server_cpu_us_per_delivery']} us/delivery",
@@ -107,7 +108,8 @@ async def _run(args, lab, spy_path):
         await asyncio.sleep(1.0)  # py-spy attaches
         log(f"py-spy sampling worker {worker}")
         before = cpu_times(worker)
-        run = await scenarios.throughput(cluster, 10, 50, [args.rate], args.seconds, 5.0, 200, args.seconds + 60,
+        rooms, members = (int(n) for n in args.shape.split("x"))
+        run = await scenarios.throughput(cluster, rooms, members, [args.rate], args.seconds, 5.0, 200, args.seconds + 60,
                                          refine=0)
         user, system = (after - start for after, start in zip(cpu_times(worker), before, strict=True))
         spy.send_signal(signal.SIGINT)
