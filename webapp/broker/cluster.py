@@ -10,8 +10,10 @@ the slot map, and it moves subscriptions in a thread pool of its own. The broker
 keeps one plain subscriber connection per master (``NodeReader``, each read by its own
 greenlet) and, when one fails or its node gives a channel away (Redis sends
 ``sunsubscribe`` when a slot moves or a master is demoted), asks the cluster for its slot
-map again and subscribes the channels where they now live. Publishing goes through
-``RedisCluster``, which follows ``MOVED``/``ASK`` and refreshes its map by itself.
+map again and subscribes the channels where they now live. Publishing writes each
+master's share of a batch on a connection of its own (``PublishLine``); anything refused
+or undelivered goes again through ``RedisCluster``, which follows ``MOVED``/``ASK`` and
+refreshes its map by itself.
 """
 
 import logging
@@ -19,7 +21,7 @@ import logging
 import redis
 
 from ..redisconn import REDIS_ERRORS
-from .redis import SUBSCRIBER_OPTIONS
+from .redis import SUBSCRIBER_OPTIONS, PublishLine
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class ClusterRedis:
 
     def __init__(self, client):
         self.client = client  # redis.RedisCluster
+        self._lines = {}  # master name -> the publisher's own connection to it
 
     def node_for(self, channel):
         """The ``host:port`` of the master serving ``channel``'s slot."""
@@ -43,18 +46,32 @@ class ClusterRedis:
                            password=kwargs.get("password"), **SUBSCRIBER_OPTIONS)
 
     def publish(self, batch):
-        """Send ``[(channel, payload)]`` in one pipeline; if a node fails, send one by one
-        and return what its nodes could not take (in order), to be sent again."""
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for channel, payload in batch:
-                pipe.spublish(channel, payload)
-            pipe.execute()
-            return []
-        except REDIS_ERRORS as exc:
-            log.debug("pipelined SPUBLISH failed (%s); sending one by one", exc)
-        kept, away = [], set()
+        """Send ``[(channel, payload)]``, each master's share in one write; whatever a
+        master refused or could not take is sent one by one through ``RedisCluster``
+        (which follows ``MOVED`` and refreshes its slot map). Returns what its nodes
+        could not take (in order), to be sent again."""
+        shares, rest = {}, []
         for channel, payload in batch:
+            try:
+                node = self.client.get_node_from_key(channel)
+            except REDIS_ERRORS:
+                rest.append((channel, payload))  # its slot is not served right now
+                continue
+            shares.setdefault(node.name, (node, []))[1].append((channel, payload))
+        for name, (node, events) in shares.items():
+            line = self._lines.get(name)
+            if line is None:
+                line = self._lines[name] = PublishLine(node.redis_connection.connection_pool, "SPUBLISH")
+            try:
+                rest += line.send(events)
+            except REDIS_ERRORS as exc:
+                log.debug("SPUBLISH to %s failed (%s); sending one by one", name, exc)
+                rest += events
+        return self._one_by_one(rest) if rest else []
+
+    def _one_by_one(self, events):
+        kept, away = [], set()
+        for channel, payload in events:
             try:
                 node = self.node_for(channel)
             except REDIS_ERRORS:

@@ -56,6 +56,44 @@ class ChannelMoved(Exception):
     """The node gave a channel away (its slot moved, or it is no longer a master)."""
 
 
+class PublishLine:
+    """The publishing greenlet's own connection to one node, events sent in one write.
+
+    Not a pipeline from the client's pool: taking a pooled connection checks it for
+    unread data with a zero-timeout read, which under gevent is a timer and a trip
+    through the event loop (measured alone: 165 µs of CPU for a one-event pipeline, 62 µs
+    here)."""
+
+    def __init__(self, pool, command):
+        self._pool, self._command, self._connection = pool, command, None
+
+    def send(self, events):
+        """Send ``[(channel, payload)]``; return the events Redis refused (say, ``MOVED``).
+        A connection failure raises, and the next send starts on a fresh connection."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._pool.make_connection()
+        try:
+            connection.send_packed_command(
+                connection.pack_commands([(self._command, channel, payload) for channel, payload in events]),
+                check_health=False)
+            refused = []
+            for event in events:
+                try:
+                    connection.read_response()
+                except redis.ResponseError:
+                    refused.append(event)
+            return refused
+        except BaseException:
+            self.close()  # replies may be left unread on it
+            raise
+
+    def close(self):
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+
+
 class SingleRedis:
     """A single Redis: one node for every channel, plain pub/sub."""
 
@@ -64,7 +102,7 @@ class SingleRedis:
 
     def __init__(self, client):
         self.client = client
-        self._publisher = None  # one connection of its own, used by the publishing greenlet only
+        self._line = PublishLine(client.connection_pool, "PUBLISH")
 
     def node_for(self, channel):
         return self.NODE
@@ -76,25 +114,8 @@ class SingleRedis:
                            password=kwargs.get("password"), **SUBSCRIBER_OPTIONS)
 
     def publish(self, batch):
-        """Send ``[(channel, payload)]`` in one write; return what must be sent again.
-
-        On a connection of its own rather than a pipeline from the pool: taking a pooled
-        connection checks it for unread data with a zero-timeout read, which under gevent
-        is a timer and a trip through the event loop, about 100 µs per batch."""
-        connection = self._publisher
-        if connection is None:
-            connection = self._publisher = self.client.connection_pool.make_connection()
-        try:
-            connection.send_packed_command(
-                connection.pack_commands([("PUBLISH", channel, payload) for channel, payload in batch]),
-                check_health=False)
-            for _ in batch:
-                connection.read_response()
-        except BaseException:
-            self._publisher = None  # unread replies may be left on it: start afresh
-            connection.disconnect()
-            raise
-        return []
+        """Send ``[(channel, payload)]`` in one write; return what must be sent again."""
+        return self._line.send(batch)
 
     def refresh(self):
         """Look the nodes up again (nothing to do with one node)."""
