@@ -4,13 +4,13 @@ Boots one gunicorn worker (the project's ``gunicorn.conf.py``, plus a hook from 
 that starts ``tracemalloc`` in the worker and dumps a snapshot whenever asked), opens
 ``--count`` idle WebSockets (``--kind ws``) or event streams (``--kind sse``) to one
 room, and compares the worker before and after: RSS per connection, and the Python
-allocations still alive per connection, grouped by where they were made. A greenlet's
-stack is copied to memory outside Python's allocators, so it is in the RSS figure but not
-in tracemalloc's: the difference between the two is mostly stacks (and allocator
-fragmentation). tracemalloc itself costs memory, so the RSS it shows is higher than
-without it: ``--rss-only`` measures the RSS alone (no tracing), for either kind.
+allocations still alive per connection, grouped by where they were made. The RSS also
+holds what tracemalloc does not see (allocator overhead, and the greenlet stacks of a
+server that parks a greenlet per connection; this one does not). tracemalloc itself
+costs memory, so the RSS it shows is higher than without it: ``--rss-only`` measures the
+RSS alone (no tracing), for either kind.
 
-Writes ``bench/results/memory.txt``.
+Writes ``bench/results/memory-<kind>.txt`` (``memory-<kind>-rss.txt`` with ``--rss-only``).
 """
 
 import argparse
@@ -101,7 +101,7 @@ def _report(before, after, rss_before, rss_after, count, kind, top):
     stats = after.compare_to(before, "traceback")
     traced = sum(s.size_diff for s in stats)
     lines.append(f"Python allocations alive: {traced / count / 1024:.2f} KiB per connection; the rest of the RSS is "
-                 "greenlet stacks, allocator overhead and the kernel-side socket's user pages")
+                 "allocator overhead and tracemalloc's own bookkeeping (see --rss-only)")
     lines.append("")
     lines.append("Largest per connection (bytes, where allocated: innermost project/library frames):")
     for stat in stats[:top]:
