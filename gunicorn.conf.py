@@ -70,17 +70,32 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    """Start the worker's real-time loops (its Redis subscription) now that it has forked."""
-    worker.wsgi.extensions["chat.realtime"].start()
+    """Start the worker's real-time loops (its Redis subscription) now that it has forked;
+    then watch for it being asked to stop, and close every socket with 1012 (clients
+    reconnect to a live worker) instead of waiting out graceful_timeout."""
+    import gevent
+
+    realtime = worker.wsgi.extensions["chat.realtime"]
+    realtime.start()
     worker.wsgi.extensions["chat.retention"].start()
+
+    def drain_when_stopping():
+        while worker.alive:
+            gevent.sleep(0.25)
+        # gunicorn's gevent worker stops accepting within a second of being told to stop
+        # (its loop ticks once a second); draining after that sends reconnecting clients
+        # to workers that stay, not to another one stopping at the same time.
+        gevent.sleep(1.1)
+        realtime.drain()
+
+    worker.chat_drainer = gevent.spawn(drain_when_stopping)
 
 
 def worker_exit(server, worker):
-    """The worker was asked to stop: it no longer accepts, and its requests are done.
-    Sockets and streams have no greenlet of their own (gunicorn does not wait for them):
-    close every one still open with 1012 now (clients reconnect to a live worker, not
-    back to this one), and give the close handshakes a moment."""
-    realtime = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("chat.realtime")
-    if realtime is not None:
-        realtime.drain()
-        realtime.wait_drained(3.0)
+    """The worker's loop has ended. Sockets and streams have no greenlet of their own,
+    so gunicorn did not wait for them: wait here for the drain above and for the close
+    handshakes, before the process exits and cuts what is left."""
+    drainer = getattr(worker, "chat_drainer", None)
+    if drainer is not None:
+        drainer.join(timeout=3.0)
+        worker.wsgi.extensions["chat.realtime"].wait_drained(3.0)
