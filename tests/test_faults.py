@@ -98,7 +98,8 @@ def test_a_redis_outage_loses_nothing_and_heals_by_itself(live, own_redis):
 def test_redis_dropping_subscribers_loses_nothing(live, own_redis):
     server = live(WEB_CONCURRENCY=2, REDIS_URL=own_redis.url)
     server.open_room("dropped")
-    crowd = people(server, "dropped", 6)
+    # Both workers subscribed (a worker with nobody in the room has no subscription to drop).
+    crowd, _ = people_on_both_workers(server, "dropped", at_least=6)
     chat_for(crowd, 3, "before")
     reconnects = server.metric("chat_broker_reconnects_total")
     # what Redis does to a subscriber whose output buffer overflows

@@ -16,12 +16,11 @@ and a libev watcher, and a greenlet runs only while there is something to read
 in ``recv`` keeps its stack, gunicorn's request and Flask's request context alive.
 """
 
+import _socket
 import logging
 import socket
 import time
 from collections import deque
-
-import _socket
 
 import gevent
 from gevent.socket import wait_write
