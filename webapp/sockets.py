@@ -98,9 +98,7 @@ def admit_connection():
 
 
 def release_connection(exc):
-    token = g.pop("admission", None)
-    if token is not None:
-        current_app.extensions["chat.admission"].release(token)
+    admission.hand_over()()  # a no-op when a socket or stream took it over (it gives it back at its end)
 
 
 @bp.before_request
